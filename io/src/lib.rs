@@ -1,0 +1,27 @@
+//! `sluice-io`: the Sluice storage engine. A partition log of segments written with O_DIRECT through
+//! glommio DMA files, CRC32C-checked frames, sparse offset and time indexes, group commit, a tail
+//! cache, retention, truncation and crash recovery. It stores opaque batches and knows nothing of
+//! Kafka or networking.
+//!
+//! Invariants: offsets are dense and strictly increasing; a reader never sees a batch before its
+//! write completed; after recovery the log ends at the last batch whose CRC32C is valid and nothing
+//! before that point changed.
+
+mod batch;
+mod cache;
+mod checkpoint;
+mod config;
+mod dio;
+mod error;
+mod framed_file;
+mod index;
+mod log;
+mod recovery;
+mod segment;
+
+pub use batch::{BatchHeader, FRAME_MAGIC, HEADER_LEN, MAX_PAYLOAD_LEN};
+pub use checkpoint::{LogCheckpoint, CHECKPOINT_FILE};
+pub use config::{Durability, LogConfig, MAX_SEGMENT_BYTES};
+pub use error::{Error, Result};
+pub use log::{AppendBatch, Appended, BatchBytes, Log, StoredBatch};
+pub use recovery::{RecoveryReport, Truncation};

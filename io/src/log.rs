@@ -1,0 +1,1015 @@
+//! The partition log: an ordered set of segments with one writer task per log.
+//!
+//! Appends are assigned offsets synchronously, in call order, and queued; the writer task drains the
+//! queue, packs every queued batch into one aligned DMA buffer (rewriting the partial last block in
+//! place), issues one write, then — under `Durability::Always` — one fdatasync for all of them
+//! (group commit: everything that queued up while a write or sync was in flight shares the next).
+//! An append resolves only after its bytes were written (and synced, per policy). State visible to
+//! readers changes only after a write completed, so a reader never sees a half-written batch.
+//! Truncation, roll, retention, checkpoint and close go through the same queue, so they are ordered
+//! with appends. Everything here runs on one glommio executor: `Log` is `!Send` by design.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use event_listener::Event;
+use futures_channel::oneshot;
+use glommio::io::ReadResult;
+use tracing::{debug, error, warn};
+
+use crate::batch::{BatchHeader, HEADER_LEN};
+use crate::cache::TailCache;
+use crate::checkpoint::LogCheckpoint;
+use crate::config::{Durability, LogConfig};
+use crate::error::{Error, GlommioResultExt, IoResultExt, Result};
+use crate::framed_file::sync_dir;
+use crate::recovery::{delete_segment_files, recover, RecoveryReport};
+use crate::segment::{align_down, align_up, Segment};
+
+/// A batch to append.
+#[derive(Debug, Clone)]
+pub struct AppendBatch {
+    /// Offsets the batch occupies (>= 1).
+    pub record_count: u32,
+    /// Largest record timestamp in ms.
+    pub max_timestamp: i64,
+    /// Opaque bytes to store.
+    pub payload: Bytes,
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset assigned to the first record.
+    pub base_offset: u64,
+    /// Offset of the last record.
+    pub last_offset: u64,
+}
+
+/// Payload of a batch returned by `read`: a ref-counted view into either the tail cache or a DMA
+/// read buffer. No copy is made on the read path.
+#[derive(Clone, Debug)]
+pub enum BatchBytes {
+    /// From the in-memory tail cache.
+    Memory(Bytes),
+    /// A slice of a DMA read buffer.
+    Disk(ReadResult),
+}
+
+impl std::ops::Deref for BatchBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            BatchBytes::Memory(b) => b,
+            BatchBytes::Disk(r) => r,
+        }
+    }
+}
+
+/// One stored batch.
+#[derive(Clone, Debug)]
+pub struct StoredBatch {
+    /// Its frame header (offsets, count, timestamp, CRC).
+    pub header: BatchHeader,
+    /// The payload exactly as appended.
+    pub payload: BatchBytes,
+}
+
+enum Control {
+    Roll,
+    Truncate(u64),
+    Retention(i64),
+    Checkpoint,
+    Flush,
+    Close,
+}
+
+enum Request {
+    Append {
+        header_base: u64,
+        record_count: u32,
+        max_timestamp: i64,
+        payload: Bytes,
+        crc: Option<u32>,
+        reply: oneshot::Sender<Result<Appended>>,
+    },
+    Control {
+        op: Control,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+}
+
+struct State {
+    segments: BTreeMap<u64, Segment>,
+    /// Offset after the last written batch (what readers can see).
+    next_offset: u64,
+    /// Offset the next queued append gets.
+    assigned_offset: u64,
+    log_start_offset: u64,
+    cache: TailCache,
+    /// Set when a write or sync failed in a way that leaves the disk state unknown.
+    poisoned: Option<String>,
+    /// An offset-changing operation is queued: appends wait so they get offsets after it.
+    exclusive: bool,
+    /// Written but not yet fdatasync'ed since this instant.
+    dirty_since: Option<Instant>,
+    closed: bool,
+}
+
+struct Shared {
+    dir: PathBuf,
+    config: LogConfig,
+    state: RefCell<State>,
+    queue: RefCell<VecDeque<Request>>,
+    /// Wakes the writer.
+    work: Event,
+    /// Wakes appenders waiting for queue room or for an exclusive operation to finish.
+    room: Event,
+    writer_exited: Cell<bool>,
+    exited: Event,
+    report: RecoveryReport,
+}
+
+struct Handle(Rc<Shared>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Last handle gone: let the writer finish what is queued and exit.
+        self.0.state.borrow_mut().closed = true;
+        self.0.work.notify(usize::MAX);
+    }
+}
+
+/// A partition log. Cheap to clone (all clones share one writer). Must be used on the glommio
+/// executor that opened it.
+#[derive(Clone)]
+pub struct Log {
+    handle: Rc<Handle>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("dir", &self.shared().dir).finish()
+    }
+}
+
+impl Log {
+    fn shared(&self) -> &Shared {
+        &self.handle.0
+    }
+
+    /// Opens (creating if needed) the log in `dir`, recovering it, and starts its writer task on
+    /// the current glommio executor.
+    pub async fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<Log> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).ctx(&dir, "creating log directory")?;
+        crate::dio::prepare_dir(&dir).await?;
+        let rec = recover(&dir, &config).await?;
+        let next = rec.segments.values().next_back().map(|s| s.next_offset).unwrap_or(0);
+        let state = State {
+            segments: rec.segments,
+            next_offset: next,
+            assigned_offset: next,
+            log_start_offset: rec.log_start_offset,
+            cache: TailCache::new(config.tail_cache_bytes),
+            poisoned: None,
+            exclusive: false,
+            dirty_since: None,
+            closed: false,
+        };
+        let shared = Rc::new(Shared {
+            dir,
+            config,
+            state: RefCell::new(state),
+            queue: RefCell::new(VecDeque::new()),
+            work: Event::new(),
+            room: Event::new(),
+            writer_exited: Cell::new(false),
+            exited: Event::new(),
+            report: rec.report,
+        });
+        let verified = shared.report.batches_verified > 0 || shared.report.truncation.is_some();
+        glommio::spawn_local(writer_loop(shared.clone())).detach();
+        let log = Log { handle: Rc::new(Handle(shared)) };
+        if verified {
+            // Move the recovery point past what was just verified so the next open is fast.
+            log.checkpoint().await?;
+        }
+        Ok(log)
+    }
+
+    /// What recovery found and did when this log was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.shared().report
+    }
+
+    /// Directory of this log.
+    pub fn dir(&self) -> &Path {
+        &self.shared().dir
+    }
+
+    /// Offset after the last written batch (the log end offset).
+    pub fn next_offset(&self) -> u64 {
+        self.shared().state.borrow().next_offset
+    }
+
+    /// First readable offset.
+    pub fn log_start_offset(&self) -> u64 {
+        self.shared().state.borrow().log_start_offset
+    }
+
+    /// Bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.shared().state.borrow().segments.values().map(|s| s.size).sum()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<u64> {
+        self.shared().state.borrow().segments.keys().copied().collect()
+    }
+
+    /// Appends a batch; resolves once written (and synced under `Durability::Always`).
+    pub async fn append(&self, batch: AppendBatch) -> Result<Appended> {
+        let AppendBatch { record_count, max_timestamp, payload } = batch;
+        self.append_with(record_count, max_timestamp, move |_| (payload, None)).await
+    }
+
+    /// Appends a batch built once its base offset is known: `build(base_offset)` runs synchronously
+    /// when the offset is assigned and returns the payload (e.g. with the offset patched in) and,
+    /// optionally, the payload's CRC32C if the caller already computed it (saves one pass).
+    pub async fn append_with(
+        &self,
+        record_count: u32,
+        max_timestamp: i64,
+        build: impl FnOnce(u64) -> (Bytes, Option<u32>),
+    ) -> Result<Appended> {
+        if record_count == 0 {
+            return Err(Error::InvalidBatch("record_count must be >= 1".into()));
+        }
+        self.wait_for_room(false).await?;
+        let sh = self.shared();
+        // No await from here until the request is queued: offsets follow queue order.
+        let base = sh.state.borrow().assigned_offset;
+        let (payload, crc) = build(base);
+        if payload.len() > sh.config.max_batch_bytes {
+            return Err(Error::BatchTooLarge { size: payload.len(), limit: sh.config.max_batch_bytes });
+        }
+        sh.state.borrow_mut().assigned_offset = base + u64::from(record_count);
+        let (reply, rx) = oneshot::channel();
+        sh.queue.borrow_mut().push_back(Request::Append {
+            header_base: base,
+            record_count,
+            max_timestamp,
+            payload,
+            crc,
+            reply,
+        });
+        sh.work.notify(1);
+        rx.await.map_err(|_| Error::Closed { path: sh.dir.clone() })?
+    }
+
+    /// `Ok(true)` when an append (or, with `exclusive`, a control op) may be queued now.
+    fn room_now(&self, exclusive: bool) -> Result<bool> {
+        let sh = self.shared();
+        let st = sh.state.borrow();
+        if st.closed {
+            return Err(Error::Closed { path: sh.dir.clone() });
+        }
+        if let Some(cause) = &st.poisoned {
+            return Err(Error::Poisoned { path: sh.dir.clone(), cause: cause.clone() });
+        }
+        Ok(!st.exclusive && (exclusive || sh.queue.borrow().len() < sh.config.max_pending_appends))
+    }
+
+    async fn wait_for_room(&self, exclusive: bool) -> Result<()> {
+        while !self.room_now(exclusive)? {
+            let listener = self.shared().room.listen();
+            if !self.room_now(exclusive)? {
+                listener.await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn control(&self, op: Control) -> Result<u64> {
+        let exclusive = matches!(op, Control::Truncate(_));
+        let close = matches!(op, Control::Close);
+        if close {
+            if self.shared().state.borrow().closed {
+                return Ok(0);
+            }
+        } else {
+            self.wait_for_room(true).await?;
+        }
+        let sh = self.shared();
+        if exclusive {
+            sh.state.borrow_mut().exclusive = true;
+        }
+        let (reply, rx) = oneshot::channel();
+        sh.queue.borrow_mut().push_back(Request::Control { op, reply });
+        if close {
+            sh.state.borrow_mut().closed = true;
+        }
+        sh.work.notify(1);
+        let res = rx.await.map_err(|_| Error::Closed { path: sh.dir.clone() });
+        if exclusive {
+            sh.state.borrow_mut().exclusive = false;
+            sh.room.notify(usize::MAX);
+        }
+        res?
+    }
+
+    /// Starts a new segment now (no-op when the active one is empty).
+    pub async fn roll(&self) -> Result<()> {
+        self.control(Control::Roll).await.map(drop)
+    }
+
+    /// Removes every batch holding an offset >= `offset` (replication divergence). A batch that
+    /// straddles `offset` is removed whole. Below the log start, the log is emptied and restarts at
+    /// `offset`. Durable when it returns.
+    pub async fn truncate_to(&self, offset: u64) -> Result<()> {
+        self.control(Control::Truncate(offset)).await.map(drop)
+    }
+
+    /// Deletes whole old segments beyond `retention_ms` (by their newest timestamp, against
+    /// `now_ms`) or `retention_bytes`; never the active segment. Returns the number deleted.
+    pub async fn apply_retention(&self, now_ms: i64) -> Result<u64> {
+        self.control(Control::Retention(now_ms)).await
+    }
+
+    /// fdatasyncs, persists the active segment's index and writes the recovery checkpoint.
+    pub async fn checkpoint(&self) -> Result<()> {
+        self.control(Control::Checkpoint).await.map(drop)
+    }
+
+    /// fdatasyncs everything written so far.
+    pub async fn flush(&self) -> Result<()> {
+        self.control(Control::Flush).await.map(drop)
+    }
+
+    /// Finishes queued appends, syncs, checkpoints and stops the writer. Later calls fail with `Closed`.
+    pub async fn close(&self) -> Result<()> {
+        self.control(Control::Close).await.map(drop)
+    }
+
+    /// Reads whole batches starting with the one containing `offset`: the first batch always (even
+    /// if larger than `max_bytes`), then following batches of the same segment while their payloads
+    /// fit in `max_bytes`. Empty at the log end; `OffsetOutOfRange` outside `[start, end]`.
+    pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<StoredBatch>> {
+        let sh = self.shared();
+        let (file, path, start_pos, limit, seg_base) = {
+            let st = sh.state.borrow();
+            if offset < st.log_start_offset || offset > st.next_offset {
+                return Err(Error::OffsetOutOfRange {
+                    offset,
+                    log_start: st.log_start_offset,
+                    next_offset: st.next_offset,
+                });
+            }
+            if offset == st.next_offset {
+                return Ok(Vec::new());
+            }
+            if st.cache.first_offset().is_some_and(|f| f <= offset) {
+                return Ok(st
+                    .cache
+                    .read(offset, max_bytes)
+                    .into_iter()
+                    .map(|(header, p)| StoredBatch { header, payload: BatchBytes::Memory(p) })
+                    .collect());
+            }
+            let Some((_, seg)) = st.segments.range(..=offset).next_back() else {
+                return Err(Error::OffsetOutOfRange {
+                    offset,
+                    log_start: st.log_start_offset,
+                    next_offset: st.next_offset,
+                });
+            };
+            assert!(offset < seg.next_offset, "offsets are dense across segments");
+            let rel = u32::try_from(offset - seg.base).unwrap_or(u32::MAX);
+            let (_, pos) = seg.index.lookup_offset(rel);
+            (seg.file.clone(), seg.path.clone(), u64::from(pos), seg.size, seg.base)
+        };
+        let interval = sh.config.index_interval_bytes as usize;
+        let want = ((limit - start_pos) as usize).min(interval + max_bytes.max(1) + 2 * HEADER_LEN);
+        let mut buf = Segment::read_exact(&file, &path, start_pos, want).await?;
+        let mut buf_pos = start_pos;
+        let mut at = 0usize;
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        let mut expected = None::<u64>;
+        while buf_pos + (at as u64) < limit {
+            let abs = buf_pos + at as u64;
+            if buf.len() - at < HEADER_LEN {
+                if !out.is_empty() {
+                    break;
+                }
+                buf = Segment::read_exact(&file, &path, abs, HEADER_LEN).await?;
+                buf_pos = abs;
+                at = 0;
+            }
+            let h = BatchHeader::decode(&buf[at..]).ok_or_else(|| Error::CorruptSegment {
+                path: path.clone(),
+                position: abs,
+                reason: "bad frame magic on read".into(),
+            })?;
+            if expected.is_some_and(|e| e != h.base_offset) || h.base_offset < seg_base {
+                return Err(Error::CorruptSegment { path, position: abs, reason: "offsets not dense on read".into() });
+            }
+            expected = Some(h.next_offset());
+            let frame = h.frame_len();
+            if h.last_offset() < offset {
+                at += frame;
+                continue;
+            }
+            if !out.is_empty() && total + h.payload_len as usize > max_bytes {
+                break;
+            }
+            if buf.len() - at < frame {
+                if !out.is_empty() {
+                    break;
+                }
+                // The first wanted batch is larger than what we read: read it (and what fits after).
+                let more = ((limit - abs) as usize).min(frame.max(max_bytes + HEADER_LEN));
+                buf = Segment::read_exact(&file, &path, abs, more).await?;
+                buf_pos = abs;
+                at = 0;
+            }
+            let payload = ReadResult::slice(&buf, at + HEADER_LEN, h.payload_len as usize).ok_or_else(|| {
+                Error::CorruptSegment { path: path.clone(), position: abs, reason: "frame beyond read buffer".into() }
+            })?;
+            total += h.payload_len as usize;
+            out.push(StoredBatch { header: h, payload: BatchBytes::Disk(payload) });
+            at += frame;
+            if at >= buf.len() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first batch whose max timestamp is >= `ts`: (its base offset, its max timestamp).
+    /// `None` when every batch is older.
+    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(u64, i64)>> {
+        let (mut offset, end) = {
+            let st = self.shared().state.borrow();
+            let seg = st
+                .segments
+                .values()
+                .find(|s| !s.is_empty() && s.max_timestamp >= ts && s.next_offset > st.log_start_offset);
+            let Some(seg) = seg else { return Ok(None) };
+            let rel = seg.index.lookup_time(ts);
+            ((seg.base + u64::from(rel)).max(st.log_start_offset), seg.next_offset)
+        };
+        while offset < end {
+            let batches = self.read(offset, 1 << 20).await?;
+            if batches.is_empty() {
+                break;
+            }
+            for b in &batches {
+                if b.header.max_timestamp >= ts && b.header.last_offset() >= offset {
+                    return Ok(Some((b.header.base_offset.max(offset), b.header.max_timestamp)));
+                }
+                offset = b.header.next_offset();
+            }
+        }
+        Ok(None)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer task.
+
+struct Pending {
+    header: BatchHeader,
+    payload: Bytes,
+    reply: oneshot::Sender<Result<Appended>>,
+}
+
+async fn writer_loop(sh: Rc<Shared>) {
+    loop {
+        let reqs: Vec<Request> = sh.queue.borrow_mut().drain(..).collect();
+        if reqs.is_empty() {
+            if sh.state.borrow().closed {
+                break;
+            }
+            let listener = sh.work.listen();
+            if !sh.queue.borrow().is_empty() || sh.state.borrow().closed {
+                continue;
+            }
+            let deadline = match (sh.config.durability, sh.state.borrow().dirty_since) {
+                (Durability::Interval(d), Some(t)) => Some(t + d),
+                _ => None,
+            };
+            match deadline {
+                None => listener.await,
+                Some(deadline) => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    let woke = glommio::timer::timeout(wait, async {
+                        listener.await;
+                        Ok(())
+                    })
+                    .await;
+                    if woke.is_err() {
+                        let _ = sync_active(&sh).await;
+                    }
+                }
+            }
+            continue;
+        }
+        sh.room.notify(usize::MAX);
+        process(&sh, reqs).await;
+    }
+    // Best effort on drop without close(): make written data durable.
+    let _ = sync_active(&sh).await;
+    sh.writer_exited.set(true);
+    sh.exited.notify(usize::MAX);
+    debug!(dir = %sh.dir.display(), "log writer exited");
+}
+
+async fn process(sh: &Rc<Shared>, reqs: Vec<Request>) {
+    let mut group: Vec<Pending> = Vec::new();
+    let mut group_bytes = 0usize;
+    let mut done: Vec<(oneshot::Sender<Result<Appended>>, Appended)> = Vec::new();
+    let mut failed: Option<Error> = None;
+    for req in reqs {
+        if let Some(e) = &failed {
+            fail_request(req, e.clone());
+            continue;
+        }
+        match req {
+            Request::Append { header_base, record_count, max_timestamp, payload, crc, reply } => {
+                if let Some(cause) = sh.state.borrow().poisoned.clone() {
+                    let _ = reply.send(Err(Error::Poisoned { path: sh.dir.clone(), cause }));
+                    continue;
+                }
+                let header = match crc {
+                    Some(c) => {
+                        BatchHeader::with_payload_crc(header_base, record_count, max_timestamp, payload.len(), c)
+                    }
+                    None => BatchHeader::new(header_base, record_count, max_timestamp, &payload),
+                };
+                let frame = header.frame_len();
+                let roll = needs_roll(sh, group_bytes, &header);
+                if (roll || group_bytes + frame > sh.config.max_write_bytes) && !group.is_empty() {
+                    if let Err(e) = write_group(sh, std::mem::take(&mut group), &mut done).await {
+                        failed = Some(fail_group(sh, e));
+                    }
+                    group_bytes = 0;
+                }
+                if failed.is_none() && roll {
+                    if let Err(e) = roll_active(sh).await {
+                        failed = Some(fail_group(sh, e));
+                    }
+                }
+                if let Some(e) = &failed {
+                    let _ = reply.send(Err(e.clone()));
+                    continue;
+                }
+                group_bytes += frame;
+                group.push(Pending { header, payload, reply });
+            }
+            Request::Control { op, reply } => {
+                if !group.is_empty() {
+                    if let Err(e) = write_group(sh, std::mem::take(&mut group), &mut done).await {
+                        failed = Some(fail_group(sh, e));
+                    }
+                    group_bytes = 0;
+                }
+                if let Some(e) = &failed {
+                    let _ = reply.send(Err(e.clone()));
+                    continue;
+                }
+                // Appends written before a control op are acknowledged under their policy first.
+                finish(sh, &mut done).await;
+                let res = run_control(sh, op).await;
+                let _ = reply.send(res);
+            }
+        }
+    }
+    if !group.is_empty() {
+        if let Err(e) = write_group(sh, group, &mut done).await {
+            fail_group(sh, e);
+        }
+    }
+    finish(sh, &mut done).await;
+}
+
+fn fail_request(req: Request, e: Error) {
+    match req {
+        Request::Append { reply, .. } => drop(reply.send(Err(e))),
+        Request::Control { reply, .. } => drop(reply.send(Err(e))),
+    }
+}
+
+/// A write failed: every append not yet written (this group, the rest of this drain and anything
+/// queued since) fails, and offsets restart after the last written batch.
+fn fail_group(sh: &Shared, e: Error) -> Error {
+    error!(dir = %sh.dir.display(), error = %e, "log write failed");
+    let queued: Vec<Request> = sh.queue.borrow_mut().drain(..).collect();
+    for r in queued {
+        fail_request(r, e.clone());
+    }
+    let mut st = sh.state.borrow_mut();
+    st.assigned_offset = st.next_offset;
+    e
+}
+
+/// Applies the durability policy to `done`, then resolves them.
+async fn finish(sh: &Rc<Shared>, done: &mut Vec<(oneshot::Sender<Result<Appended>>, Appended)>) {
+    if done.is_empty() {
+        return;
+    }
+    let mut result = Ok(());
+    match sh.config.durability {
+        Durability::Always => result = sync_active(sh).await,
+        Durability::Interval(d) => {
+            if sh.state.borrow().dirty_since.is_some_and(|t| t.elapsed() >= d) {
+                result = sync_active(sh).await;
+            }
+        }
+        Durability::Never => {}
+    }
+    for (reply, a) in done.drain(..) {
+        let _ = reply.send(result.clone().map(|()| a));
+    }
+}
+
+fn needs_roll(sh: &Shared, group_bytes: usize, h: &BatchHeader) -> bool {
+    let st = sh.state.borrow();
+    let Some(active) = st.segments.values().next_back() else { return false };
+    let size = active.size + group_bytes as u64;
+    if size == 0 {
+        return false;
+    }
+    if size + h.frame_len() as u64 > sh.config.segment_bytes {
+        return true;
+    }
+    match (sh.config.segment_ms, active.first_timestamp) {
+        (Some(ms), Some(first)) => h.max_timestamp.saturating_sub(first) > ms as i64,
+        _ => false,
+    }
+}
+
+/// Writes `group` to the active segment with one DMA write: the partial last block is rewritten
+/// with the new frames after it, padded with zeros to the block size.
+async fn write_group(
+    sh: &Rc<Shared>,
+    group: Vec<Pending>,
+    done: &mut Vec<(oneshot::Sender<Result<Appended>>, Appended)>,
+) -> Result<()> {
+    let (file, path, start, tail) = {
+        let st = sh.state.borrow();
+        let seg = st.segments.values().next_back().expect("a log always has an active segment");
+        assert_eq!(seg.tail.len() as u64, seg.size - align_down(seg.size), "tail mirrors the partial block");
+        (seg.file.clone(), seg.path.clone(), align_down(seg.size), seg.tail.clone())
+    };
+    let total = tail.len() + group.iter().map(|p| p.header.frame_len()).sum::<usize>();
+    let padded = align_up(total as u64) as usize;
+    let mut buf = file.alloc_dma_buffer(padded);
+    let new_tail = {
+        let bytes = buf.as_bytes_mut();
+        let mut at = tail.len();
+        bytes[..at].copy_from_slice(&tail);
+        for p in &group {
+            bytes[at..at + HEADER_LEN].copy_from_slice(&p.header.encode());
+            at += HEADER_LEN;
+            bytes[at..at + p.payload.len()].copy_from_slice(&p.payload);
+            at += p.payload.len();
+        }
+        bytes[at..].fill(0);
+        bytes[align_down(total as u64) as usize..total].to_vec()
+    };
+    let written = match file.write_at(buf, start).await.ctx(&path, "writing") {
+        Ok(n) => n,
+        Err(e) => {
+            for p in group {
+                let _ = p.reply.send(Err(e.clone()));
+            }
+            return Err(e);
+        }
+    };
+    if written < padded {
+        // A short O_DIRECT write means the device ran out of space (or was cut off) mid-way.
+        let e = Error::DiskFull { path: path.clone(), op: "writing (short write)" };
+        for p in group {
+            let _ = p.reply.send(Err(e.clone()));
+        }
+        return Err(e);
+    }
+    let mut st = sh.state.borrow_mut();
+    let interval = sh.config.index_interval_bytes;
+    let st = &mut *st;
+    let seg = st.segments.values_mut().next_back().expect("active segment");
+    for p in group {
+        let pos = seg.size;
+        seg.on_frame(&p.header, pos, interval);
+        st.cache.push(p.header, p.payload);
+        done.push((p.reply, Appended { base_offset: p.header.base_offset, last_offset: p.header.last_offset() }));
+    }
+    seg.tail = new_tail;
+    st.next_offset = seg.next_offset;
+    if st.dirty_since.is_none() {
+        st.dirty_since = Some(Instant::now());
+    }
+    Ok(())
+}
+
+/// fdatasyncs the active segment if anything is unsynced. A failed sync poisons the log.
+async fn sync_active(sh: &Rc<Shared>) -> Result<()> {
+    let (file, path) = {
+        let st = sh.state.borrow();
+        if let Some(cause) = &st.poisoned {
+            return Err(Error::Poisoned { path: sh.dir.clone(), cause: cause.clone() });
+        }
+        if st.dirty_since.is_none() {
+            return Ok(());
+        }
+        let seg = st.segments.values().next_back().expect("active segment");
+        (seg.file.clone(), seg.path.clone())
+    };
+    let since = Instant::now();
+    match file.fdatasync().await.ctx(&path, "syncing") {
+        Ok(()) => {
+            let mut st = sh.state.borrow_mut();
+            // Appends written during the sync are not covered by it.
+            if st.dirty_since.is_some_and(|t| t <= since) {
+                st.dirty_since = None;
+            }
+            Ok(())
+        }
+        Err(e) => {
+            poison(sh, &e);
+            Err(e)
+        }
+    }
+}
+
+fn poison(sh: &Shared, e: &Error) {
+    error!(dir = %sh.dir.display(), error = %e, "log poisoned: refusing writes until reopened");
+    sh.state.borrow_mut().poisoned = Some(e.to_string());
+    sh.room.notify(usize::MAX);
+}
+
+/// Seals the active segment (sync, trim padding, persist index) and starts a new one.
+async fn roll_active(sh: &Rc<Shared>) -> Result<()> {
+    let (file, path, base, size, next, index, cover) = {
+        let st = sh.state.borrow();
+        let seg = st.segments.values().next_back().expect("active segment");
+        if seg.is_empty() {
+            return Ok(());
+        }
+        (seg.file.clone(), seg.path.clone(), seg.base, seg.size, seg.next_offset, seg.index.clone(), seg.coverage())
+    };
+    let sealed = async {
+        file.truncate(size).await.ctx(&path, "trimming sealed segment")?;
+        file.fdatasync().await.ctx(&path, "syncing sealed segment")
+    };
+    if let Err(e) = sealed.await {
+        poison(sh, &e);
+        return Err(e);
+    }
+    index.persist(&sh.dir, base, &cover).await?;
+    let new = Segment::create(&sh.dir, next).await?;
+    sync_dir(&sh.dir).await?;
+    let log_start = {
+        let mut st = sh.state.borrow_mut();
+        if let Some(old) = st.segments.get_mut(&base) {
+            old.tail = Vec::new();
+        }
+        st.segments.insert(next, new);
+        st.dirty_since = None;
+        st.log_start_offset
+    };
+    let ckpt = LogCheckpoint {
+        recovery_offset: next,
+        recovery_segment: next,
+        recovery_position: 0,
+        log_start_offset: log_start,
+    };
+    ckpt.write(&sh.dir).await?;
+    debug!(dir = %sh.dir.display(), base = next, "rolled segment");
+    Ok(())
+}
+
+async fn write_checkpoint(sh: &Rc<Shared>) -> Result<()> {
+    sync_active(sh).await?;
+    let (base, index, cover, log_start) = {
+        let st = sh.state.borrow();
+        let seg = st.segments.values().next_back().expect("active segment");
+        (seg.base, seg.index.clone(), seg.coverage(), st.log_start_offset)
+    };
+    index.persist(&sh.dir, base, &cover).await?;
+    LogCheckpoint {
+        recovery_offset: cover.next_offset,
+        recovery_segment: base,
+        recovery_position: cover.size,
+        log_start_offset: log_start,
+    }
+    .write(&sh.dir)
+    .await
+}
+
+async fn run_control(sh: &Rc<Shared>, op: Control) -> Result<u64> {
+    if let Some(cause) = sh.state.borrow().poisoned.clone() {
+        if !matches!(op, Control::Close) {
+            return Err(Error::Poisoned { path: sh.dir.clone(), cause });
+        }
+    }
+    match op {
+        Control::Roll => roll_active(sh).await.map(|()| 0),
+        Control::Flush => sync_active(sh).await.map(|()| 0),
+        Control::Checkpoint => write_checkpoint(sh).await.map(|()| 0),
+        Control::Close => {
+            let res = if sh.state.borrow().poisoned.is_some() { Ok(()) } else { write_checkpoint(sh).await };
+            sh.state.borrow_mut().closed = true;
+            res.map(|()| 0)
+        }
+        Control::Truncate(offset) => truncate(sh, offset).await.map(|()| 0),
+        Control::Retention(now) => retention(sh, now).await,
+    }
+}
+
+async fn truncate(sh: &Rc<Shared>, offset: u64) -> Result<()> {
+    let (next, start) = {
+        let st = sh.state.borrow();
+        (st.next_offset, st.log_start_offset)
+    };
+    if offset >= next {
+        return Ok(());
+    }
+    if offset <= start {
+        return truncate_fully(sh, offset).await;
+    }
+    // Find the segment holding `offset` and the position of the batch containing it.
+    let (base, file, path, from_pos, size, kept_max_ts) = {
+        let st = sh.state.borrow();
+        let (_, seg) = st.segments.range(..=offset).next_back().expect("offset is inside the log");
+        let rel = (offset - seg.base) as u32;
+        let (_, pos) = seg.index.lookup_offset(rel);
+        let kept = seg.index.times.iter().filter(|&&(_, r)| r < rel).map(|&(t, _)| t).max().unwrap_or(i64::MIN);
+        (seg.base, seg.file.clone(), seg.path.clone(), u64::from(pos), seg.size, kept)
+    };
+    // Walk headers from the index entry to the batch containing `offset`.
+    let mut pos = from_pos;
+    let mut max_ts = kept_max_ts;
+    let mut cut_offset = None;
+    while pos < size {
+        let hb = Segment::read_exact(&file, &path, pos, HEADER_LEN).await?;
+        let h = BatchHeader::decode(&hb).ok_or_else(|| Error::CorruptSegment {
+            path: path.clone(),
+            position: pos,
+            reason: "bad frame magic while truncating".into(),
+        })?;
+        if h.last_offset() >= offset {
+            cut_offset = Some(h.base_offset);
+            break;
+        }
+        max_ts = max_ts.max(h.max_timestamp);
+        pos += h.frame_len() as u64;
+    }
+    let cut_offset = cut_offset.unwrap_or(offset);
+    let doomed: Vec<u64> = sh.state.borrow().segments.range(base + 1..).map(|(b, _)| *b).collect();
+    file.truncate(pos).await.ctx(&path, "truncating segment")?;
+    if let Err(e) = file.fdatasync().await.ctx(&path, "syncing truncated segment") {
+        poison(sh, &e);
+        return Err(e);
+    }
+    {
+        let mut st = sh.state.borrow_mut();
+        for b in &doomed {
+            st.segments.remove(b);
+        }
+        let seg = st.segments.get_mut(&base).expect("cut segment");
+        seg.size = pos;
+        seg.next_offset = cut_offset;
+        seg.index.truncate((cut_offset - base) as u32);
+        seg.max_timestamp = if pos == 0 { i64::MIN } else { max_ts };
+        if pos == 0 {
+            seg.first_timestamp = None;
+        }
+        st.next_offset = cut_offset;
+        st.assigned_offset = cut_offset;
+        st.cache.truncate(cut_offset);
+        st.dirty_since = None;
+    }
+    for b in &doomed {
+        delete_segment_files(&sh.dir, *b).await?;
+    }
+    let tail = {
+        let mut st = sh.state.borrow_mut();
+        let seg = st.segments.get_mut(&base).expect("cut segment");
+        std::mem::take(&mut seg.tail)
+    };
+    drop(tail);
+    reload_tail(sh, base).await?;
+    sync_dir(&sh.dir).await?;
+    // The recovery point must not stay above the new end.
+    write_checkpoint(sh).await?;
+    warn!(dir = %sh.dir.display(), offset, new_end = cut_offset, "log truncated");
+    Ok(())
+}
+
+async fn reload_tail(sh: &Rc<Shared>, base: u64) -> Result<()> {
+    // Take the segment out of the map while loading so no RefCell borrow spans the read.
+    let (file, path, size) = {
+        let st = sh.state.borrow();
+        let seg = &st.segments[&base];
+        (seg.file.clone(), seg.path.clone(), seg.size)
+    };
+    let start = align_down(size);
+    let len = (size - start) as usize;
+    let tail = if len > 0 { Segment::read_exact(&file, &path, start, len).await?[..len].to_vec() } else { Vec::new() };
+    if let Some(seg) = sh.state.borrow_mut().segments.get_mut(&base) {
+        seg.tail = tail;
+    }
+    Ok(())
+}
+
+async fn truncate_fully(sh: &Rc<Shared>, offset: u64) -> Result<()> {
+    let doomed: Vec<u64> = sh.state.borrow().segments.keys().copied().collect();
+    // Write the new start first: a crash in between leaves a log that starts at `offset`.
+    LogCheckpoint { recovery_offset: offset, recovery_segment: offset, recovery_position: 0, log_start_offset: offset }
+        .write(&sh.dir)
+        .await?;
+    for b in &doomed {
+        delete_segment_files(&sh.dir, *b).await?;
+    }
+    let seg = Segment::create(&sh.dir, offset).await?;
+    sync_dir(&sh.dir).await?;
+    let mut st = sh.state.borrow_mut();
+    st.segments.clear();
+    st.segments.insert(offset, seg);
+    st.next_offset = offset;
+    st.assigned_offset = offset;
+    st.log_start_offset = offset;
+    st.cache.clear();
+    st.dirty_since = None;
+    Ok(())
+}
+
+async fn retention(sh: &Rc<Shared>, now_ms: i64) -> Result<u64> {
+    let doomed: Vec<u64> = {
+        let st = sh.state.borrow();
+        let mut total: u64 = st.segments.values().map(|s| s.size).sum();
+        let active = *st.segments.keys().next_back().expect("active segment");
+        let mut doomed = Vec::new();
+        for (b, seg) in st.segments.iter() {
+            if *b == active {
+                break;
+            }
+            let by_time = sh.config.retention_ms.is_some_and(|ms| seg.max_timestamp < now_ms.saturating_sub(ms as i64));
+            let by_size = sh.config.retention_bytes.is_some_and(|limit| total.saturating_sub(seg.size) >= limit);
+            if !(by_time || by_size) {
+                break;
+            }
+            total -= seg.size;
+            doomed.push(*b);
+        }
+        doomed
+    };
+    if doomed.is_empty() {
+        return Ok(0);
+    }
+    let new_start = {
+        let st = sh.state.borrow();
+        let last = doomed[doomed.len() - 1];
+        st.segments[&last].next_offset.max(st.log_start_offset)
+    };
+    // Persist the new log start before deleting files.
+    {
+        let mut st = sh.state.borrow_mut();
+        st.log_start_offset = new_start;
+        st.cache.drop_before(new_start);
+        for b in &doomed {
+            st.segments.remove(b);
+        }
+    }
+    write_checkpoint(sh).await?;
+    for b in &doomed {
+        delete_segment_files(&sh.dir, *b).await?;
+    }
+    sync_dir(&sh.dir).await?;
+    debug!(dir = %sh.dir.display(), deleted = doomed.len(), new_start, "retention deleted segments");
+    Ok(doomed.len() as u64)
+}
+
+impl Log {
+    /// Waits until the writer task has exited (after `close`, or after the last clone was dropped).
+    pub async fn closed(&self) {
+        loop {
+            if self.shared().writer_exited.get() {
+                return;
+            }
+            let listener = self.shared().exited.listen();
+            if self.shared().writer_exited.get() {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
