@@ -134,6 +134,23 @@ struct Shared {
     report: RecoveryReport,
 }
 
+/// Holds appends back while an offset-changing operation (truncation) is queued or running.
+struct ExclusiveGuard<'a>(&'a Shared);
+
+impl<'a> ExclusiveGuard<'a> {
+    fn new(sh: &'a Shared) -> Self {
+        sh.state.borrow_mut().exclusive = true;
+        ExclusiveGuard(sh)
+    }
+}
+
+impl Drop for ExclusiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.state.borrow_mut().exclusive = false;
+        self.0.room.notify(usize::MAX);
+    }
+}
+
 struct Handle(Rc<Shared>);
 
 impl Drop for Handle {
@@ -197,8 +214,14 @@ impl Log {
         glommio::spawn_local(writer_loop(shared.clone())).detach();
         let log = Log { handle: Rc::new(Handle(shared)) };
         if verified {
-            // Move the recovery point past what was just verified so the next open is fast.
-            log.checkpoint().await?;
+            // Move the recovery point past what was just verified so the next open is fast. Only an
+            // optimisation: on a full disk the log must still open and serve what it holds.
+            if let Err(e) = log.checkpoint().await {
+                if !e.is_disk_full() {
+                    return Err(e);
+                }
+                warn!(dir = %log.dir().display(), error = %e, "could not checkpoint after recovery");
+            }
         }
         Ok(log)
     }
@@ -307,21 +330,15 @@ impl Log {
             self.wait_for_room(true).await?;
         }
         let sh = self.shared();
-        if exclusive {
-            sh.state.borrow_mut().exclusive = true;
-        }
+        // Cleared when the op is done, even if this future is dropped before that.
+        let _exclusive = exclusive.then(|| ExclusiveGuard::new(sh));
         let (reply, rx) = oneshot::channel();
         sh.queue.borrow_mut().push_back(Request::Control { op, reply });
         if close {
             sh.state.borrow_mut().closed = true;
         }
         sh.work.notify(1);
-        let res = rx.await.map_err(|_| Error::Closed { path: sh.dir.clone() });
-        if exclusive {
-            sh.state.borrow_mut().exclusive = false;
-            sh.room.notify(usize::MAX);
-        }
-        res?
+        rx.await.map_err(|_| Error::Closed { path: sh.dir.clone() })?
     }
 
     /// Starts a new segment now (no-op when the active one is empty).
@@ -352,9 +369,12 @@ impl Log {
         self.control(Control::Flush).await.map(drop)
     }
 
-    /// Finishes queued appends, syncs, checkpoints and stops the writer. Later calls fail with `Closed`.
+    /// Finishes queued appends, syncs, checkpoints and stops the writer; returns once it has
+    /// stopped. Later calls fail with `Closed`.
     pub async fn close(&self) -> Result<()> {
-        self.control(Control::Close).await.map(drop)
+        let res = self.control(Control::Close).await.map(drop);
+        self.closed().await;
+        res
     }
 
     /// Reads whole batches starting with the one containing `offset`: the first batch always (even
@@ -463,7 +483,9 @@ impl Log {
                 .find(|s| !s.is_empty() && s.max_timestamp >= ts && s.next_offset > st.log_start_offset);
             let Some(seg) = seg else { return Ok(None) };
             let rel = seg.index.lookup_time(ts);
-            ((seg.base + u64::from(rel)).max(st.log_start_offset), seg.next_offset)
+            // A segment's max timestamp may be an upper bound (after truncation): when the first
+            // candidate holds no match, the scan goes on into later segments.
+            ((seg.base + u64::from(rel)).max(st.log_start_offset), st.next_offset)
         };
         while offset < end {
             let batches = self.read(offset, 1 << 20).await?;
@@ -647,6 +669,10 @@ fn needs_roll(sh: &Shared, group_bytes: usize, h: &BatchHeader) -> bool {
         return false;
     }
     if size + h.frame_len() as u64 > sh.config.segment_bytes {
+        return true;
+    }
+    // Offsets relative to the segment base must fit the index's u32.
+    if h.last_offset() - active.base > u64::from(u32::MAX) {
         return true;
     }
     match (sh.config.segment_ms, active.first_timestamp) {
@@ -850,8 +876,11 @@ async fn truncate(sh: &Rc<Shared>, offset: u64) -> Result<()> {
         let st = sh.state.borrow();
         let (_, seg) = st.segments.range(..=offset).next_back().expect("offset is inside the log");
         let rel = (offset - seg.base) as u32;
-        let (_, pos) = seg.index.lookup_offset(rel);
-        let kept = seg.index.times.iter().filter(|&&(_, r)| r < rel).map(|&(t, _)| t).max().unwrap_or(i64::MIN);
+        let (entry_rel, pos) = seg.index.lookup_offset(rel);
+        // Upper bound of the timestamps before the walk's start: time entries hold the maximum so
+        // far including their own batch, which the cut may remove (an upper bound is safe for
+        // retention and time lookup; an underestimate would not be).
+        let kept = seg.index.times.iter().filter(|&&(_, r)| r <= entry_rel).map(|&(t, _)| t).max().unwrap_or(i64::MIN);
         (seg.base, seg.file.clone(), seg.path.clone(), u64::from(pos), seg.size, kept)
     };
     // Walk headers from the index entry to the batch containing `offset`.
