@@ -40,6 +40,10 @@ pub struct LogConfig {
     pub max_pending_appends: usize,
     /// Bytes the writer gathers into one DMA write (a single larger batch is written alone).
     pub max_write_bytes: usize,
+    /// The writer syncs and moves the recovery point this often while there is new data, so that
+    /// recovery after a crash only verifies what came after (Kafka's
+    /// `log.flush.offset.checkpoint.interval.ms`). `None`: only on roll, truncation and close.
+    pub checkpoint_interval_ms: Option<u64>,
 }
 
 impl Default for LogConfig {
@@ -55,6 +59,7 @@ impl Default for LogConfig {
             max_batch_bytes: 100 << 20,
             max_pending_appends: 4096,
             max_write_bytes: 8 << 20,
+            checkpoint_interval_ms: Some(60_000),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use event_listener::Event;
@@ -117,6 +117,9 @@ struct State {
     exclusive: bool,
     /// Written but not yet fdatasync'ed since this instant.
     dirty_since: Option<Instant>,
+    /// Recovery point of the last checkpoint, and when it was written.
+    checkpointed_offset: u64,
+    last_checkpoint: Instant,
     closed: bool,
 }
 
@@ -197,6 +200,8 @@ impl Log {
             poisoned: None,
             exclusive: false,
             dirty_since: None,
+            checkpointed_offset: next,
+            last_checkpoint: Instant::now(),
             closed: false,
         };
         let shared = Rc::new(Shared {
@@ -523,11 +528,8 @@ async fn writer_loop(sh: Rc<Shared>) {
             if !sh.queue.borrow().is_empty() || sh.state.borrow().closed {
                 continue;
             }
-            let deadline = match (sh.config.durability, sh.state.borrow().dirty_since) {
-                (Durability::Interval(d), Some(t)) => Some(t + d),
-                _ => None,
-            };
-            match deadline {
+            let (sync_at, checkpoint_at) = deadlines(&sh);
+            match sync_at.into_iter().chain(checkpoint_at).min() {
                 None => listener.await,
                 Some(deadline) => {
                     let wait = deadline.saturating_duration_since(Instant::now());
@@ -537,7 +539,10 @@ async fn writer_loop(sh: Rc<Shared>) {
                     })
                     .await;
                     if woke.is_err() {
-                        let _ = sync_active(&sh).await;
+                        if sync_at.is_some_and(|t| t <= Instant::now()) {
+                            let _ = sync_active(&sh).await;
+                        }
+                        periodic_checkpoint(&sh).await;
                     }
                 }
             }
@@ -545,12 +550,41 @@ async fn writer_loop(sh: Rc<Shared>) {
         }
         sh.room.notify(usize::MAX);
         process(&sh, reqs).await;
+        periodic_checkpoint(&sh).await;
     }
     // Best effort on drop without close(): make written data durable.
     let _ = sync_active(&sh).await;
     sh.writer_exited.set(true);
     sh.exited.notify(usize::MAX);
     debug!(dir = %sh.dir.display(), "log writer exited");
+}
+
+/// When the writer must wake up on its own: to sync under `Durability::Interval`, and to move the
+/// recovery point forward.
+fn deadlines(sh: &Shared) -> (Option<Instant>, Option<Instant>) {
+    let st = sh.state.borrow();
+    let sync_at = match (sh.config.durability, st.dirty_since) {
+        (Durability::Interval(d), Some(t)) => Some(t + d),
+        _ => None,
+    };
+    let checkpoint_at = match sh.config.checkpoint_interval_ms {
+        Some(ms) if st.next_offset > st.checkpointed_offset && st.poisoned.is_none() => {
+            Some(st.last_checkpoint + Duration::from_millis(ms))
+        }
+        _ => None,
+    };
+    (sync_at, checkpoint_at)
+}
+
+async fn periodic_checkpoint(sh: &Rc<Shared>) {
+    let (_, at) = deadlines(sh);
+    if at.is_some_and(|t| t <= Instant::now()) {
+        if let Err(e) = write_checkpoint(sh).await {
+            warn!(dir = %sh.dir.display(), error = %e, "periodic checkpoint failed");
+            // Try again one interval later rather than on every wake-up.
+            sh.state.borrow_mut().last_checkpoint = Instant::now();
+        }
+    }
 }
 
 async fn process(sh: &Rc<Shared>, reqs: Vec<Request>) {
@@ -818,6 +852,7 @@ async fn roll_active(sh: &Rc<Shared>) -> Result<()> {
         log_start_offset: log_start,
     };
     ckpt.write(&sh.dir).await?;
+    note_checkpoint(sh, next);
     debug!(dir = %sh.dir.display(), base = next, "rolled segment");
     Ok(())
 }
@@ -837,7 +872,15 @@ async fn write_checkpoint(sh: &Rc<Shared>) -> Result<()> {
         log_start_offset: log_start,
     }
     .write(&sh.dir)
-    .await
+    .await?;
+    note_checkpoint(sh, cover.next_offset);
+    Ok(())
+}
+
+fn note_checkpoint(sh: &Shared, recovery_offset: u64) {
+    let mut st = sh.state.borrow_mut();
+    st.checkpointed_offset = recovery_offset;
+    st.last_checkpoint = Instant::now();
 }
 
 async fn run_control(sh: &Rc<Shared>, op: Control) -> Result<u64> {

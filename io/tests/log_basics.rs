@@ -83,3 +83,31 @@ fn group_commit_with_concurrent_appenders() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn periodic_checkpoint_bounds_recovery_after_a_crash() {
+    let dir = temp_dir();
+    let p = path_of(&dir);
+    run(move || async move {
+        let cfg = LogConfig { checkpoint_interval_ms: Some(1), ..LogConfig::default() };
+        let log = Log::open(&p, cfg.clone()).await.unwrap();
+        for seq in 0..20u64 {
+            log.append(batch(seq, 1000, 1, 0)).await.unwrap();
+        }
+        // The writer checkpoints on its own once the interval passed after the last write.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !p.join(sluice_io::CHECKPOINT_FILE).exists() {
+            assert!(std::time::Instant::now() < deadline, "no periodic checkpoint within 10 s");
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        log.append(batch(20, 1000, 1, 0)).await.unwrap();
+        let crash = log.clone();
+        drop(log);
+        drop(crash); // no close: a crash as far as the files are concerned
+        let reopened = Log::open(&p, cfg).await.unwrap();
+        let report = reopened.recovery_report().clone();
+        assert_eq!(reopened.next_offset(), 21);
+        assert!(report.batches_verified < 21, "recovery re-verified the checkpointed batches: {report:?}");
+        reopened.close().await.unwrap();
+    });
+}
