@@ -62,6 +62,10 @@ pub enum Error {
     #[error("log {path} refuses writes after an earlier failure ({cause}); reopen it to recover")]
     Poisoned { path: PathBuf, cause: String },
 
+    /// Another open `Log` (in this or another process) holds the directory.
+    #[error("log directory {path} is already open (its .lock is held)")]
+    InUse { path: PathBuf },
+
     /// The log was closed.
     #[error("log {path} is closed")]
     Closed { path: PathBuf },

@@ -50,6 +50,19 @@ pub struct Appended {
     pub last_offset: u64,
 }
 
+/// Counters of one log since it was opened (for metrics and for tests of group commit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Batches written.
+    pub batches_written: u64,
+    /// DMA writes issued (one per group of batches).
+    pub writes: u64,
+    /// fdatasync calls on segment files.
+    pub syncs: u64,
+    /// Bytes of frames written (excluding rewrites of the partial last block).
+    pub bytes_written: u64,
+}
+
 /// Payload of a batch returned by `read`: a ref-counted view into either the tail cache or a DMA
 /// read buffer. No copy is made on the read path.
 #[derive(Clone, Debug)]
@@ -86,6 +99,7 @@ enum Control {
     Checkpoint,
     Flush,
     Close,
+    Abandon,
 }
 
 enum Request {
@@ -121,6 +135,8 @@ struct State {
     checkpointed_offset: u64,
     last_checkpoint: Instant,
     closed: bool,
+    /// Stopped by `abandon`: no final sync, no checkpoint.
+    abandoned: bool,
 }
 
 struct Shared {
@@ -134,6 +150,9 @@ struct Shared {
     room: Event,
     writer_exited: Cell<bool>,
     exited: Event,
+    stats: Cell<LogStats>,
+    /// The directory lock file (flock'ed), held while the writer runs.
+    lock: RefCell<Option<std::fs::File>>,
     report: RecoveryReport,
 }
 
@@ -189,6 +208,7 @@ impl Log {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).ctx(&dir, "creating log directory")?;
         crate::dio::prepare_dir(&dir).await?;
+        let lock = lock_dir(&dir)?;
         let rec = recover(&dir, &config).await?;
         let next = rec.segments.values().next_back().map(|s| s.next_offset).unwrap_or(0);
         let state = State {
@@ -203,6 +223,7 @@ impl Log {
             checkpointed_offset: next,
             last_checkpoint: Instant::now(),
             closed: false,
+            abandoned: false,
         };
         let shared = Rc::new(Shared {
             dir,
@@ -213,6 +234,8 @@ impl Log {
             room: Event::new(),
             writer_exited: Cell::new(false),
             exited: Event::new(),
+            stats: Cell::new(LogStats::default()),
+            lock: RefCell::new(Some(lock)),
             report: rec.report,
         });
         let verified = shared.report.batches_verified > 0 || shared.report.truncation.is_some();
@@ -234,6 +257,11 @@ impl Log {
     /// What recovery found and did when this log was opened.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.shared().report
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> LogStats {
+        self.shared().stats.get()
     }
 
     /// Directory of this log.
@@ -326,7 +354,7 @@ impl Log {
 
     async fn control(&self, op: Control) -> Result<u64> {
         let exclusive = matches!(op, Control::Truncate(_));
-        let close = matches!(op, Control::Close);
+        let close = matches!(op, Control::Close | Control::Abandon);
         if close {
             if self.shared().state.borrow().closed {
                 return Ok(0);
@@ -374,6 +402,15 @@ impl Log {
         self.control(Control::Flush).await.map(drop)
     }
 
+    /// Stops the writer the way a crash would leave the files: queued appends are finished (written
+    /// and synced per policy), but there is no final sync and no checkpoint, so the next open
+    /// verifies everything after the last recovery point. For crash tests and benchmarks.
+    pub async fn abandon(self) -> Result<()> {
+        let res = self.control(Control::Abandon).await.map(drop);
+        self.closed().await;
+        res
+    }
+
     /// Finishes queued appends, syncs, checkpoints and stops the writer; returns once it has
     /// stopped. Later calls fail with `Closed`.
     pub async fn close(&self) -> Result<()> {
@@ -387,6 +424,9 @@ impl Log {
     /// fit in `max_bytes`. Empty at the log end; `OffsetOutOfRange` outside `[start, end]`.
     pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<StoredBatch>> {
         let sh = self.shared();
+        if sh.writer_exited.get() {
+            return Err(Error::Closed { path: sh.dir.clone() });
+        }
         let (file, path, start_pos, limit, seg_base) = {
             let st = sh.state.borrow();
             if offset < st.log_start_offset || offset > st.next_offset {
@@ -508,6 +548,30 @@ impl Log {
     }
 }
 
+/// File whose flock marks a log directory as open; a second `Log::open` of the same directory (in
+/// this process or another) fails instead of running two writers over the same files.
+pub const LOCK_FILE: &str = ".lock";
+
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ctx(&path, "opening lock file")?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(Error::InUse { path: dir.to_path_buf() });
+        }
+        return Err(Error::from_io(&path, "locking log directory", &e));
+    }
+    Ok(f)
+}
+
 // ---------------------------------------------------------------------------------------------
 // The writer task.
 
@@ -552,8 +616,20 @@ async fn writer_loop(sh: Rc<Shared>) {
         process(&sh, reqs).await;
         periodic_checkpoint(&sh).await;
     }
-    // Best effort on drop without close(): make written data durable.
-    let _ = sync_active(&sh).await;
+    if !sh.state.borrow().abandoned {
+        // Best effort on drop without close(): make written data durable.
+        let _ = sync_active(&sh).await;
+    }
+    // Close segment files explicitly (a dropped glommio file is only closed on a later reactor
+    // cycle, which never comes if the executor ends), then release the directory lock, so a closed
+    // log can be reopened at once, even while old handles are still around.
+    let segments = std::mem::take(&mut sh.state.borrow_mut().segments);
+    for (_, seg) in segments {
+        if let Err(e) = seg.file.close_rc().await {
+            warn!(path = %seg.path.display(), error = %e, "closing segment file");
+        }
+    }
+    sh.lock.borrow_mut().take();
     sh.writer_exited.set(true);
     sh.exited.notify(usize::MAX);
     debug!(dir = %sh.dir.display(), "log writer exited");
@@ -761,6 +837,11 @@ async fn write_group(
         }
         return Err(e);
     }
+    let mut stats = sh.stats.get();
+    stats.writes += 1;
+    stats.batches_written += group.len() as u64;
+    stats.bytes_written += (total - tail.len()) as u64;
+    sh.stats.set(stats);
     let mut st = sh.state.borrow_mut();
     let interval = sh.config.index_interval_bytes;
     let st = &mut *st;
@@ -793,6 +874,9 @@ async fn sync_active(sh: &Rc<Shared>) -> Result<()> {
         (seg.file.clone(), seg.path.clone())
     };
     let since = Instant::now();
+    let mut stats = sh.stats.get();
+    stats.syncs += 1;
+    sh.stats.set(stats);
     match file.fdatasync().await.ctx(&path, "syncing") {
         Ok(()) => {
             let mut st = sh.state.borrow_mut();
@@ -885,7 +969,7 @@ fn note_checkpoint(sh: &Shared, recovery_offset: u64) {
 
 async fn run_control(sh: &Rc<Shared>, op: Control) -> Result<u64> {
     if let Some(cause) = sh.state.borrow().poisoned.clone() {
-        if !matches!(op, Control::Close) {
+        if !matches!(op, Control::Close | Control::Abandon) {
             return Err(Error::Poisoned { path: sh.dir.clone(), cause });
         }
     }
@@ -893,6 +977,12 @@ async fn run_control(sh: &Rc<Shared>, op: Control) -> Result<u64> {
         Control::Roll => roll_active(sh).await.map(|()| 0),
         Control::Flush => sync_active(sh).await.map(|()| 0),
         Control::Checkpoint => write_checkpoint(sh).await.map(|()| 0),
+        Control::Abandon => {
+            let mut st = sh.state.borrow_mut();
+            st.closed = true;
+            st.abandoned = true;
+            Ok(0)
+        }
         Control::Close => {
             let res = if sh.state.borrow().poisoned.is_some() { Ok(()) } else { write_checkpoint(sh).await };
             sh.state.borrow_mut().closed = true;

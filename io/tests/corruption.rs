@@ -1,6 +1,6 @@
 //! Recovery after damage: torn tail, flipped bits, garbage after the data, deleted or corrupt
-//! indexes, a corrupt checkpoint, and the errors for unusable directories. Every test "crashes" by
-//! dropping the log without `close()` (no checkpoint is written), then damages files and reopens.
+//! indexes, a corrupt checkpoint, and the errors for unusable directories. Every test "crashes" with
+//! `abandon()` (no final sync, no checkpoint), then damages files and reopens.
 
 mod common;
 
@@ -30,7 +30,7 @@ fn write_and_crash(dir: &Path, cfg: LogConfig) -> Vec<u64> {
             positions.push(pos);
             pos += (HEADER_LEN + len_of(seq)) as u64;
         }
-        drop(log);
+        log.abandon().await.unwrap();
         positions
     })
 }
@@ -154,8 +154,9 @@ fn sealed_segments_with_damaged_index(damage: impl FnOnce(&Path)) -> sluice_io::
         for seq in 0..N {
             log.append(batch(seq, len_of(seq), 2, seq as i64)).await.unwrap();
         }
+        let bases = log.segment_bases();
         log.close().await.unwrap();
-        log.segment_bases()
+        bases
     });
     assert!(bases.len() >= 3);
     damage(dir.path());

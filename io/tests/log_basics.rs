@@ -80,6 +80,10 @@ fn group_commit_with_concurrent_appenders() {
         }
         all.sort_unstable();
         assert_eq!(all, (0..400).collect::<Vec<u64>>());
+        // Group commit: appends queued while a write or sync was in flight shared the next one.
+        let stats = log.stats();
+        assert_eq!(stats.batches_written, 400);
+        assert!(stats.syncs * 2 <= 400 && stats.writes * 2 <= 400, "{stats:?}");
         log.close().await.unwrap();
     });
 }
@@ -101,13 +105,27 @@ fn periodic_checkpoint_bounds_recovery_after_a_crash() {
             glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
         }
         log.append(batch(20, 1000, 1, 0)).await.unwrap();
-        let crash = log.clone();
-        drop(log);
-        drop(crash); // no close: a crash as far as the files are concerned
+        log.abandon().await.unwrap(); // no final sync or checkpoint: a crash as far as files go
         let reopened = Log::open(&p, cfg).await.unwrap();
         let report = reopened.recovery_report().clone();
         assert_eq!(reopened.next_offset(), 21);
         assert!(report.batches_verified < 21, "recovery re-verified the checkpointed batches: {report:?}");
         reopened.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_log_directory_opens_once() {
+    let dir = temp_dir();
+    let p = path_of(&dir);
+    run(move || async move {
+        let log = Log::open(&p, LogConfig::default()).await.unwrap();
+        let err = Log::open(&p, LogConfig::default()).await.unwrap_err();
+        assert!(matches!(err, sluice_io::Error::InUse { .. }), "{err}");
+        log.close().await.unwrap();
+        // Closed means released, even while the old handle is still in scope.
+        let again = Log::open(&p, LogConfig::default()).await.unwrap();
+        again.close().await.unwrap();
+        assert!(log.append(batch(0, 1, 1, 0)).await.is_err(), "a closed log refuses appends");
     });
 }

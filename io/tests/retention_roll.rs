@@ -119,7 +119,7 @@ fn truncate_across_segments_is_durable() {
         assert!(log.segment_bases().len() < segs);
         let a = log.append(batch(500, 300, 1, 0)).await.unwrap();
         assert_eq!(a.base_offset, 20);
-        drop(log); // crash: no close
+        log.abandon().await.unwrap(); // crash: no final sync or checkpoint
         let log = Log::open(&p, cfg()).await.unwrap();
         assert_eq!(log.recovery_report().truncation, None);
         assert_eq!(log.next_offset(), 21);
@@ -193,7 +193,7 @@ fn disk_full_fails_appends_cleanly() {
             std::fs::remove_file(&filler).unwrap();
             let a = log.append(batch(acked, 64 * 1024, 1, 0)).await.unwrap();
             assert_eq!(a.base_offset, acked);
-            drop(log);
+            log.abandon().await.unwrap();
             (acked + 1, err)
         }
     });
@@ -215,6 +215,6 @@ fn disk_full_fails_appends_cleanly() {
             assert_eq!(&b.payload[..], &payload(i as u64, 64 * 1024)[..]);
         }
         assert!(log.append(batch(0, 64 * 1024, 1, 0)).await.unwrap_err().is_disk_full());
-        drop(log);
+        log.abandon().await.unwrap();
     });
 }
