@@ -231,3 +231,18 @@ fn invalid_config_is_an_error_not_a_panic() {
     });
     assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
 }
+
+/// EACCES/EPERM/EROFS are reported as `PermissionDenied` naming the path. Root bypasses file
+/// modes, so the test uses a read-only filesystem.
+#[test]
+fn read_only_filesystem_is_permission_denied() {
+    let dir = temp_dir();
+    let Some(mount) = LoopMount::new(dir.path(), "4M", true) else {
+        eprintln!("SKIP read_only_filesystem_is_permission_denied: cannot loop-mount an ext4 image here (needs root)");
+        return;
+    };
+    let p = mount.mnt.join("log");
+    let err = run(move || async move { Log::open(&p, LogConfig::default()).await.unwrap_err() });
+    assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
+    assert!(err.to_string().contains("permission denied"), "{err}");
+}

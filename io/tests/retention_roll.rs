@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use sluice_io::{Durability, Error, Log, LogConfig};
 
@@ -149,24 +147,11 @@ fn truncate_across_segments_is_durable() {
 #[test]
 fn disk_full_fails_appends_cleanly() {
     let dir = temp_dir();
-    let img = dir.path().join("fs.img");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
-    let made = ok(Command::new("truncate").args(["-s", "8M"]).arg(&img))
-        && ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img))
-        && ok(Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&mnt));
-    if !made {
+    let Some(mount) = LoopMount::new(dir.path(), "8M", false) else {
         eprintln!("SKIP disk_full_fails_appends_cleanly: cannot loop-mount an ext4 image here (needs root)");
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
+    let mnt = mount.mnt.clone();
     // Room to free later, so the test can show the log recovers once space is back.
     let filler = mnt.join("filler");
     std::fs::write(&filler, vec![1u8; 1 << 20]).unwrap();

@@ -68,3 +68,30 @@ pub fn small_segments() -> LogConfig {
 pub fn path_of(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().to_path_buf()
 }
+
+/// A small ext4 filesystem loop-mounted under `dir` (needs root); unmounted on drop.
+pub struct LoopMount {
+    pub mnt: PathBuf,
+}
+
+impl LoopMount {
+    /// `None` when this machine cannot loop-mount (not root, no loop devices): callers print SKIP.
+    pub fn new(dir: &std::path::Path, size: &str, read_only: bool) -> Option<LoopMount> {
+        use std::process::Command;
+        let img = dir.join("fs.img");
+        let mnt = dir.join("mnt");
+        std::fs::create_dir_all(&mnt).ok()?;
+        let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
+        let opts = if read_only { "loop,ro" } else { "loop" };
+        let made = ok(Command::new("truncate").args(["-s", size]).arg(&img))
+            && ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img))
+            && ok(Command::new("mount").args(["-o", opts]).arg(&img).arg(&mnt));
+        made.then_some(LoopMount { mnt })
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+    }
+}
