@@ -12,11 +12,11 @@ use crate::error::{Error, GlommioResultExt, Result};
 
 const PREFIX_LEN: usize = 16;
 /// Upper bound on a metadata file; a larger length field is corruption, not a reason to allocate.
-pub(crate) const MAX_FRAMED_PAYLOAD: usize = 256 << 20;
+pub const MAX_FRAMED_PAYLOAD: usize = 256 << 20;
 
 /// Why a framed file could not be read.
 #[derive(Debug)]
-pub(crate) enum FramedReadError {
+pub enum FramedReadError {
     /// The file exists but its content is not a valid framed file.
     Invalid(String),
     /// The file could not be read.
@@ -24,7 +24,7 @@ pub(crate) enum FramedReadError {
 }
 
 /// Encodes payload with the framed prefix.
-pub(crate) fn encode(magic: u32, version: u32, payload: &[u8]) -> Vec<u8> {
+pub fn encode(magic: u32, version: u32, payload: &[u8]) -> Vec<u8> {
     assert!(payload.len() <= MAX_FRAMED_PAYLOAD, "framed payload over its limit");
     let mut out = Vec::with_capacity(PREFIX_LEN + payload.len());
     out.extend_from_slice(&magic.to_le_bytes());
@@ -36,7 +36,7 @@ pub(crate) fn encode(magic: u32, version: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Checks the prefix and returns the payload.
-pub(crate) fn decode(magic: u32, version: u32, bytes: &[u8]) -> std::result::Result<&[u8], String> {
+pub fn decode(magic: u32, version: u32, bytes: &[u8]) -> std::result::Result<&[u8], String> {
     if bytes.len() < PREFIX_LEN {
         return Err(format!("{} bytes, shorter than the {PREFIX_LEN}-byte prefix", bytes.len()));
     }
@@ -59,7 +59,7 @@ pub(crate) fn decode(magic: u32, version: u32, bytes: &[u8]) -> std::result::Res
 }
 
 /// Atomically replaces `path` with a framed file holding `payload`.
-pub(crate) async fn write_atomic(path: &Path, magic: u32, version: u32, payload: &[u8]) -> Result<()> {
+pub async fn write_atomic(path: &Path, magic: u32, version: u32, payload: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
     let bytes = encode(magic, version, payload);
     let len = bytes.len();
@@ -76,11 +76,7 @@ pub(crate) async fn write_atomic(path: &Path, magic: u32, version: u32, payload:
 }
 
 /// Reads a framed file; `Ok(None)` when it does not exist.
-pub(crate) async fn read(
-    path: &Path,
-    magic: u32,
-    version: u32,
-) -> std::result::Result<Option<Vec<u8>>, FramedReadError> {
+pub async fn read(path: &Path, magic: u32, version: u32) -> std::result::Result<Option<Vec<u8>>, FramedReadError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -90,7 +86,7 @@ pub(crate) async fn read(
 }
 
 /// fsyncs a directory so that creations, renames and deletions in it are durable.
-pub(crate) async fn sync_dir(dir: &Path) -> Result<()> {
+pub async fn sync_dir(dir: &Path) -> Result<()> {
     let d = Directory::open(dir).await.ctx(dir, "opening directory")?;
     d.sync().await.ctx(dir, "syncing directory")?;
     d.close().await.ctx(dir, "closing directory")

@@ -13,7 +13,7 @@ mod checkpoint;
 mod config;
 mod dio;
 mod error;
-mod framed_file;
+pub mod framed_file;
 mod index;
 mod log;
 mod recovery;

@@ -1,0 +1,230 @@
+//! Broker configuration: a TOML file and command-line flags over embedded defaults. Every limit has
+//! a name with its unit. Topic-level settings use Kafka's names (`retention.ms`, `flush.messages`, ...).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Settings of one broker process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Where partitions and metadata live (a block-device filesystem: O_DIRECT).
+    pub data_dir: PathBuf,
+    /// Kafka listener, HOST:PORT.
+    pub listen: String,
+    /// Host advertised to clients in Metadata (default: the listen host).
+    pub advertised_host: Option<String>,
+    /// Executors (one pinned per core); default: every core.
+    pub cores: Option<usize>,
+    /// This broker's id in Metadata.
+    pub node_id: i32,
+    /// Partitions of an auto-created topic (Kafka `num.partitions`).
+    pub default_partitions: u32,
+    /// Create unknown topics on Metadata requests that allow it (Kafka `auto.create.topics.enable`).
+    pub auto_create_topics: bool,
+    /// Largest request frame accepted (Kafka `socket.request.max.bytes`).
+    pub max_request_size_bytes: usize,
+    /// Largest record batch accepted (Kafka `message.max.bytes`).
+    pub max_message_bytes: usize,
+    /// Open client connections per core.
+    pub max_connections_per_core: usize,
+    /// Requests read from one connection and not yet answered.
+    pub max_inflight_requests_per_connection: usize,
+    /// Upper bound applied to a Fetch's `max_wait_ms`.
+    pub max_fetch_wait_ms: u64,
+    /// Cross-core channel capacity (messages per peer pair).
+    pub cross_core_channel_capacity: usize,
+    /// glommio DMA memory per executor.
+    pub io_memory_bytes: usize,
+    /// Default topic settings (overridable per topic).
+    pub log: TopicDefaults,
+}
+
+/// Broker-wide defaults of topic settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicDefaults {
+    /// Kafka `segment.bytes`.
+    pub segment_bytes: u64,
+    /// Kafka `segment.ms`.
+    pub segment_ms: u64,
+    /// Kafka `retention.ms` (-1: forever).
+    pub retention_ms: i64,
+    /// Kafka `retention.bytes` (-1: unlimited).
+    pub retention_bytes: i64,
+    /// Kafka `flush.messages`: 1 means fsync every batch (group commit); larger values are treated
+    /// as `flush.ms`-driven.
+    pub flush_messages: u64,
+    /// Kafka `flush.ms`: fsync at least this often while there is unsynced data.
+    pub flush_ms: u64,
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        TopicDefaults {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            flush_messages: i64::MAX as u64,
+            flush_ms: i64::MAX as u64,
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            data_dir: PathBuf::from("./data"),
+            listen: "127.0.0.1:9092".into(),
+            advertised_host: None,
+            cores: None,
+            node_id: 0,
+            default_partitions: 1,
+            auto_create_topics: true,
+            max_request_size_bytes: 100 << 20,
+            max_message_bytes: 1_048_588,
+            max_connections_per_core: 10_000,
+            max_inflight_requests_per_connection: 32,
+            max_fetch_wait_ms: 30_000,
+            cross_core_channel_capacity: 1024,
+            io_memory_bytes: 8 << 20,
+            log: TopicDefaults::default(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// Host and port clients should connect to.
+    pub fn advertised(&self) -> (String, i32) {
+        let (host, port) = self.listen.rsplit_once(':').unwrap_or((&self.listen, "9092"));
+        let host = self.advertised_host.clone().unwrap_or_else(|| host.to_string());
+        (host, port.parse().unwrap_or(9092))
+    }
+
+    /// Checks values that would make the broker misbehave.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.max_request_size_bytes >= 1024, "max_request_size_bytes must be >= 1024");
+        anyhow::ensure!(self.max_inflight_requests_per_connection >= 1, "max_inflight_requests_per_connection >= 1");
+        anyhow::ensure!(self.default_partitions >= 1, "default_partitions must be >= 1");
+        anyhow::ensure!(self.cross_core_channel_capacity >= 1, "cross_core_channel_capacity >= 1");
+        Ok(())
+    }
+}
+
+/// Effective settings of one topic: broker defaults overridden by the topic's own configs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicSettings {
+    pub segment_bytes: u64,
+    pub segment_ms: u64,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub flush_messages: u64,
+    pub flush_ms: u64,
+    pub max_message_bytes: usize,
+    pub cleanup_policy: String,
+}
+
+/// Topic configs this broker knows, with their documentation for DescribeConfigs.
+pub const TOPIC_CONFIGS: &[(&str, &str)] = &[
+    ("cleanup.policy", "Retention policy of old log segments: delete (compact is not supported yet)."),
+    ("retention.ms", "Delete a segment once its newest record is older than this (ms); -1: keep forever."),
+    ("retention.bytes", "Delete the oldest segments while the partition is larger than this (bytes); -1: no limit."),
+    ("segment.bytes", "Roll to a new segment file once the active one holds this many bytes."),
+    ("segment.ms", "Roll to a new segment once the active segment's first batch is this old (ms)."),
+    ("flush.messages", "1: fsync every batch before acknowledging it (group commit); otherwise rely on flush.ms."),
+    ("flush.ms", "fsync at least this often (ms) while there is unsynced data."),
+    ("max.message.bytes", "Largest record batch accepted (bytes)."),
+    ("message.timestamp.type", "CreateTime: timestamps are the producer's (LogAppendTime is not supported yet)."),
+    ("min.insync.replicas", "Replicas that must acknowledge acks=all (single node: 1)."),
+    ("compression.type", "producer: batches are stored as the producer compressed them."),
+];
+
+impl TopicSettings {
+    /// Settings from broker defaults and topic overrides; an invalid override is an error message.
+    pub fn resolve(defaults: &BrokerConfig, overrides: &[(String, String)]) -> Result<Self, String> {
+        let d = &defaults.log;
+        let mut s = TopicSettings {
+            segment_bytes: d.segment_bytes,
+            segment_ms: d.segment_ms,
+            retention_ms: d.retention_ms,
+            retention_bytes: d.retention_bytes,
+            flush_messages: d.flush_messages,
+            flush_ms: d.flush_ms,
+            max_message_bytes: defaults.max_message_bytes,
+            cleanup_policy: "delete".into(),
+        };
+        for (k, v) in overrides {
+            let num = |v: &str| v.parse::<i64>().map_err(|_| format!("{k}: '{v}' is not a number"));
+            let pos = |v: &str| num(v).and_then(|n| u64::try_from(n).map_err(|_| format!("{k}: must not be negative")));
+            match k.as_str() {
+                "segment.bytes" => s.segment_bytes = pos(v)?,
+                "segment.ms" => s.segment_ms = pos(v)?,
+                "retention.ms" => s.retention_ms = num(v)?,
+                "retention.bytes" => s.retention_bytes = num(v)?,
+                "flush.messages" => s.flush_messages = pos(v)?,
+                "flush.ms" => s.flush_ms = pos(v)?,
+                "max.message.bytes" => s.max_message_bytes = pos(v)? as usize,
+                "cleanup.policy" if v == "delete" => s.cleanup_policy = v.clone(),
+                "cleanup.policy" => return Err(format!("cleanup.policy={v} is not supported (only delete)")),
+                "message.timestamp.type" if v == "CreateTime" => {}
+                "min.insync.replicas" if v == "1" => {}
+                "compression.type" if v == "producer" => {}
+                "message.timestamp.type" | "min.insync.replicas" | "compression.type" => {
+                    return Err(format!("{k}={v} is not supported"))
+                }
+                _ => return Err(format!("unknown topic config {k}")),
+            }
+        }
+        if s.segment_bytes < 4096 || s.segment_bytes > sluice_io::MAX_SEGMENT_BYTES {
+            return Err(format!("segment.bytes must be in [4096, {}]", sluice_io::MAX_SEGMENT_BYTES));
+        }
+        Ok(s)
+    }
+
+    /// The value of a config by its Kafka name, as DescribeConfigs shows it.
+    pub fn value_of(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "cleanup.policy" => self.cleanup_policy.clone(),
+            "retention.ms" => self.retention_ms.to_string(),
+            "retention.bytes" => self.retention_bytes.to_string(),
+            "segment.bytes" => self.segment_bytes.to_string(),
+            "segment.ms" => self.segment_ms.to_string(),
+            "flush.messages" => self.flush_messages.to_string(),
+            "flush.ms" => self.flush_ms.to_string(),
+            "max.message.bytes" => self.max_message_bytes.to_string(),
+            "message.timestamp.type" => "CreateTime".into(),
+            "min.insync.replicas" => "1".into(),
+            "compression.type" => "producer".into(),
+            _ => return None,
+        })
+    }
+
+    /// The storage engine configuration for a partition of this topic.
+    pub fn log_config(&self) -> sluice_io::LogConfig {
+        let durability = if self.flush_messages <= 1 {
+            sluice_io::Durability::Always
+        } else if self.flush_ms < i64::MAX as u64 {
+            sluice_io::Durability::Interval(Duration::from_millis(self.flush_ms))
+        } else {
+            sluice_io::Durability::Never
+        };
+        sluice_io::LogConfig {
+            segment_bytes: self.segment_bytes,
+            segment_ms: Some(self.segment_ms),
+            retention_bytes: u64::try_from(self.retention_bytes).ok(),
+            retention_ms: u64::try_from(self.retention_ms).ok(),
+            durability,
+            max_batch_bytes: self.max_message_bytes.max(1),
+            ..sluice_io::LogConfig::default()
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Metadata: this broker, and each requested (or every) topic with its partitions, all led by this
+//! broker. Unknown topics are auto-created when the request and the config allow it.
+
+use std::rc::Rc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::shard::{CoreReply, CoreRequest, NewTopic, Shard, CATALOG_CORE};
+use crate::topics::TopicMeta;
+
+pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> MetadataResponse {
+    let node = BrokerId(shard.config.node_id);
+    let (host, port) = shard.config.advertised();
+    let mut names: Option<Vec<String>> =
+        req.topics.as_ref().map(|ts| ts.iter().filter_map(|t| t.name.as_ref().map(|n| n.0.to_string())).collect());
+    // Topic ids (v10+) resolve to names.
+    let by_id: Vec<[u8; 16]> = req
+        .topics
+        .as_ref()
+        .map(|ts| ts.iter().filter(|t| t.name.is_none()).map(|t| *t.topic_id.as_bytes()).collect())
+        .unwrap_or_default();
+    // v0: an empty list means all topics; v1+: null means all.
+    if version == 0 && names.as_ref().is_some_and(|n| n.is_empty()) && by_id.is_empty() {
+        names = None;
+    }
+    let auto = shard.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+    if let (true, Some(wanted)) = (auto, &names) {
+        let missing: Vec<NewTopic> = {
+            let cat = shard.catalog();
+            wanted
+                .iter()
+                .filter(|n| !cat.topics.contains_key(*n) && crate::topics::validate_topic_name(n).is_ok())
+                .map(|n| NewTopic { name: n.clone(), partitions: -1, replication_factor: -1, configs: vec![] })
+                .collect()
+        };
+        if !missing.is_empty() {
+            if let CoreReply::Topics(_) =
+                shard.call(CATALOG_CORE, CoreRequest::CreateTopics { topics: missing, validate_only: false }).await
+            {
+            }
+        }
+    }
+    let cat = shard.catalog();
+    let mut topics = Vec::new();
+    match &names {
+        None if by_id.is_empty() => {
+            topics.extend(cat.topics.values().map(|t| topic_entry(t, node)));
+        }
+        _ => {
+            for n in names.iter().flatten() {
+                match cat.topics.get(n) {
+                    Some(t) => topics.push(topic_entry(t, node)),
+                    None => {
+                        let code = if crate::topics::validate_topic_name(n).is_err() {
+                            ResponseError::InvalidTopicException
+                        } else {
+                            ResponseError::UnknownTopicOrPartition
+                        };
+                        topics.push(
+                            MetadataResponseTopic::default()
+                                .with_error_code(code.code())
+                                .with_name(Some(TopicName(StrBytes::from_string(n.clone())))),
+                        );
+                    }
+                }
+            }
+            for id in &by_id {
+                match cat.by_id(id) {
+                    Some(t) => topics.push(topic_entry(t, node)),
+                    None => topics.push(
+                        MetadataResponseTopic::default()
+                            .with_error_code(ResponseError::UnknownTopicId.code())
+                            .with_topic_id(uuid::Uuid::from_bytes(*id)),
+                    ),
+                }
+            }
+        }
+    }
+    MetadataResponse::default()
+        .with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(node)
+            .with_host(StrBytes::from_string(host))
+            .with_port(port)])
+        .with_cluster_id(Some(StrBytes::from_string(cat.cluster_id.clone())))
+        .with_controller_id(node)
+        .with_topics(topics)
+}
+
+fn topic_entry(t: &TopicMeta, node: BrokerId) -> MetadataResponseTopic {
+    let partitions = (0..t.shards.len() as i32)
+        .map(|p| {
+            MetadataResponsePartition::default()
+                .with_partition_index(p)
+                .with_leader_id(node)
+                .with_leader_epoch(crate::partition::LEADER_EPOCH)
+                .with_replica_nodes(vec![node])
+                .with_isr_nodes(vec![node])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(t.name.clone()))))
+        .with_topic_id(uuid::Uuid::from_bytes(t.id))
+        .with_is_internal(t.name.starts_with("__"))
+        .with_partitions(partitions)
+}

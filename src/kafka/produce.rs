@@ -1,0 +1,78 @@
+//! Produce: each partition's records go to the core that owns the partition (inline when it is
+//! this core), all partitions of a request in parallel. The response lists partitions in request
+//! order with per-partition error codes. acks=0 gets no response at all (the connection skips it).
+
+use std::rc::Rc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::partition::{PartitionError, Produced};
+use crate::shard::{CoreReply, CoreRequest, Shard};
+
+pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest) -> ProduceResponse {
+    let valid_acks = matches!(req.acks, -1..=1);
+    let mut topics = Vec::with_capacity(req.topic_data.len());
+    for t in req.topic_data {
+        let topic = t.name.0.to_string();
+        let mut tasks = Vec::with_capacity(t.partition_data.len());
+        for p in t.partition_data {
+            let shard = shard.clone();
+            let topic = topic.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let index = p.index;
+                let result = if !valid_acks {
+                    Err(PartitionError::new(ResponseError::InvalidRequiredAcks, "acks must be -1, 0 or 1"))
+                } else {
+                    match p.records {
+                        None => Err(PartitionError::new(ResponseError::CorruptMessage, "null records")),
+                        Some(records) => produce_one(&shard, &topic, index, records).await,
+                    }
+                };
+                (index, result)
+            }));
+        }
+        let mut partitions = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let (index, result) = task.await;
+            partitions.push(partition_response(index, result));
+        }
+        topics.push(
+            TopicProduceResponse::default()
+                .with_name(t.name)
+                .with_topic_id(t.topic_id)
+                .with_partition_responses(partitions),
+        );
+    }
+    ProduceResponse::default().with_responses(topics)
+}
+
+async fn produce_one(
+    shard: &Rc<Shard>,
+    topic: &str,
+    partition: i32,
+    records: bytes::Bytes,
+) -> Result<Produced, PartitionError> {
+    let owner = shard.owner(topic, partition)?;
+    if owner == shard.id {
+        return shard.local(topic, partition)?.produce(&records).await;
+    }
+    match shard.call(owner, CoreRequest::Produce { topic: topic.to_string(), partition, records }).await {
+        CoreReply::Produce(r) => r,
+        _ => Err(PartitionError::new(ResponseError::UnknownServerError, "owner core did not answer")),
+    }
+}
+
+fn partition_response(index: i32, result: Result<Produced, PartitionError>) -> PartitionProduceResponse {
+    let r = PartitionProduceResponse::default().with_index(index).with_log_append_time_ms(-1);
+    match result {
+        Ok(p) => r.with_base_offset(p.base_offset).with_log_start_offset(p.log_start_offset),
+        Err(e) => r
+            .with_error_code(e.code.code())
+            .with_base_offset(-1)
+            .with_log_start_offset(-1)
+            .with_error_message(Some(StrBytes::from_string(e.message))),
+    }
+}

@@ -1,0 +1,13 @@
+//! Sluice: a thread-per-core, Kafka-compatible streaming broker on glommio.
+//!
+//! `server` starts one executor per core; `shard` is one core's partitions and its messaging with
+//! the other cores; `kafka` is the protocol front end (one module per API); `partition` wraps the
+//! storage engine (`sluice-io`) with Kafka's batch validation and offsets; `topics` is the catalog.
+
+pub mod admin_client;
+pub mod config;
+pub mod kafka;
+pub mod partition;
+pub mod server;
+pub mod shard;
+pub mod topics;

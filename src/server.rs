@@ -1,0 +1,203 @@
+//! Process start-up and shutdown: one glommio executor pinned per core, each with its own listener
+//! on the same port (SO_REUSEPORT, so a connection stays on the core that accepted it), its share
+//! of the partitions, and channel meshes to the other cores. SIGTERM/SIGINT: stop accepting, let
+//! connections finish their in-flight requests, close every partition (flush + checkpoint), exit 0.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use event_listener::Event;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use tracing::{error, info, warn};
+
+use crate::config::BrokerConfig;
+use crate::shard::{Envelope, ReplyEnvelope, Shard};
+use crate::topics::{self, TopicTable};
+
+/// How often each core looks at the signal flag.
+const SIGNAL_POLL_MS: u64 = 50;
+/// How long shutdown waits for open connections to finish their in-flight requests.
+const DRAIN_TIMEOUT_MS: u64 = 10_000;
+/// Retention runs this often on every core (Kafka `log.retention.check.interval.ms`).
+const RETENTION_CHECK_INTERVAL_MS: u64 = 300_000;
+
+/// Runs the broker until a signal; returns when every core has shut down cleanly.
+pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
+    config.validate()?;
+    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+    let available = core_ids.len().max(1);
+    let cores = config.cores.unwrap_or(available);
+    anyhow::ensure!(cores >= 1 && cores <= available, "--cores {cores}: this machine has {available} cores");
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| anyhow::anyhow!("creating data dir {}: {e}", config.data_dir.display()))?;
+
+    // Load (and, if the core count changed, rebalance) the catalog before the cores start.
+    let data_dir = config.data_dir.clone();
+    let table: TopicTable = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("sluice-startup")
+        .io_memory(1 << 20)
+        .spawn(move || async move {
+            let mut table = topics::load(&data_dir).await?;
+            if table.rebalance_missing_shards(cores) {
+                warn!(cores, "core count changed: partitions of missing cores were reassigned");
+            }
+            topics::save(&data_dir, &table).await?;
+            anyhow::Ok(table)
+        })
+        .map_err(|e| anyhow::anyhow!("starting executor: {e}"))?
+        .join()
+        .map_err(|e| anyhow::anyhow!("startup executor: {e}"))??;
+    let table = Arc::new(table);
+    let config = Arc::new(config);
+    info!(?config, cores, topics = table.topics.len(), "starting");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    let ready = Arc::new(AtomicUsize::new(0));
+    let requests = MeshBuilder::<Envelope, _>::full(cores, config.cross_core_channel_capacity);
+    let replies = MeshBuilder::<ReplyEnvelope, _>::full(cores, config.cross_core_channel_capacity);
+    let mut handles = Vec::with_capacity(cores);
+    for i in 0..cores {
+        let placement = match core_ids.get(i) {
+            Some(c) => Placement::Fixed(c.id),
+            None => Placement::Unbound,
+        };
+        let (config, table, stop, ready) = (config.clone(), table.clone(), stop.clone(), ready.clone());
+        let (requests, replies) = (requests.clone(), replies.clone());
+        let h = LocalExecutorBuilder::new(placement)
+            .name(&format!("sluice-core-{i}"))
+            .io_memory(config.io_memory_bytes)
+            .spawn(move || async move {
+                let res = core_main(i, cores, config, table, requests, replies, stop.clone(), ready).await;
+                if let Err(e) = &res {
+                    error!(core = i, error = %e, "core failed; stopping the broker");
+                    stop.store(true, Ordering::SeqCst);
+                }
+                res
+            })
+            .map_err(|e| anyhow::anyhow!("starting core {i}: {e}"))?;
+        handles.push(h);
+    }
+    let mut failed = None;
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed = failed.or(Some(e)),
+            Err(e) => failed = failed.or(Some(anyhow::anyhow!("core {i} panicked: {e}"))),
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => {
+            info!("shut down cleanly");
+            Ok(())
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn core_main(
+    id: usize,
+    cores: usize,
+    config: Arc<BrokerConfig>,
+    table: Arc<TopicTable>,
+    requests: MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>,
+    replies: MeshBuilder<ReplyEnvelope, glommio::channels::channel_mesh::Full>,
+    stop: Arc<AtomicBool>,
+    ready: Arc<AtomicUsize>,
+) -> anyhow::Result<()> {
+    let (req_tx, req_rx) = requests.join().await.map_err(|_| anyhow::anyhow!("joining the request mesh"))?;
+    let (rep_tx, rep_rx) = replies.join().await.map_err(|_| anyhow::anyhow!("joining the reply mesh"))?;
+    let shard = Shard::new(id, cores, config.clone(), table.clone(), req_tx, rep_tx);
+    shard.start_mesh_tasks(req_rx, rep_rx);
+    shard.apply_catalog(table).await;
+    let listener = TcpListener::bind(&config.listen).map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
+    if ready.fetch_add(1, Ordering::SeqCst) + 1 == cores {
+        info!(cores, "listening on {}", config.listen);
+    }
+
+    // Signals arrive as a flag (set by the signal-hook thread): look at it periodically.
+    let s = shard.clone();
+    glommio::spawn_local(async move {
+        while !stop.load(Ordering::SeqCst) && !s.shutting_down.get() {
+            glommio::timer::sleep(Duration::from_millis(SIGNAL_POLL_MS)).await;
+        }
+        s.begin_shutdown();
+    })
+    .detach();
+    let s = shard.clone();
+    glommio::spawn_local(async move {
+        loop {
+            let stopped = futures_lite::future::or(
+                async {
+                    glommio::timer::sleep(Duration::from_millis(RETENTION_CHECK_INTERVAL_MS)).await;
+                    false
+                },
+                async {
+                    s.wait_shutdown().await;
+                    true
+                },
+            )
+            .await;
+            if stopped {
+                break;
+            }
+            s.apply_retention().await;
+        }
+    })
+    .detach();
+
+    let open = Rc::new(Cell::new(0usize));
+    let closed = Rc::new(Event::new());
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shard.wait_shutdown().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => break,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                warn!(core = id, error = %e, "accept failed");
+                continue;
+            }
+        };
+        if open.get() >= config.max_connections_per_core {
+            warn!(core = id, limit = config.max_connections_per_core, "connection limit reached: refusing");
+            drop(stream);
+            continue;
+        }
+        open.set(open.get() + 1);
+        let (s, open, closed) = (shard.clone(), open.clone(), closed.clone());
+        glommio::spawn_local(async move {
+            crate::kafka::serve_connection(s, stream).await;
+            open.set(open.get() - 1);
+            closed.notify(usize::MAX);
+        })
+        .detach();
+    }
+    drop(listener);
+    // Let connections finish what they are doing (each stops reading at shutdown).
+    let drained = glommio::timer::timeout(Duration::from_millis(DRAIN_TIMEOUT_MS), async {
+        while open.get() > 0 {
+            let l = closed.listen();
+            if open.get() > 0 {
+                l.await;
+            }
+        }
+        Ok(())
+    })
+    .await;
+    if drained.is_err() {
+        warn!(core = id, open = open.get(), "connections still open after the drain timeout");
+    }
+    shard.close_all().await;
+    Ok(())
+}

@@ -1,0 +1,564 @@
+//! One core's share of the broker: the partitions it owns, its copy of the topic catalog, and
+//! message passing with the other cores over glommio channel meshes (a request mesh and a reply
+//! mesh). A partition is only ever touched by its owner; other cores send it a [`CoreRequest`].
+//! Core 0 owns the catalog: topic creation and deletion run there and are broadcast to every core.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use event_listener::Event;
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::sync::Semaphore;
+use kafka_protocol::error::ResponseError;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{BrokerConfig, TopicSettings};
+use crate::partition::{Partition, PartitionError, Produced};
+use crate::topics::{self, TopicMeta, TopicTable};
+
+/// A topic to create.
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    pub configs: Vec<(String, String)>,
+}
+
+/// Result of a catalog change for one topic.
+#[derive(Debug, Clone)]
+pub struct TopicOutcome {
+    pub name: String,
+    pub id: [u8; 16],
+    pub error: Option<(ResponseError, String)>,
+    pub partitions: i32,
+}
+
+/// Stored batches read on another core, copied so they can cross threads.
+#[derive(Debug, Clone)]
+pub struct RemoteRead {
+    pub batches: Vec<Bytes>,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+}
+
+/// Requests one core sends another.
+pub enum CoreRequest {
+    Produce { topic: String, partition: i32, records: Bytes },
+    Fetch { topic: String, partition: i32, offset: i64, max_bytes: usize },
+    WaitForData { topic: String, partition: i32, offset: i64, timeout: Duration },
+    ListOffset { topic: String, partition: i32, timestamp: i64 },
+    Watermarks { topic: String, partition: i32 },
+    CreateTopics { topics: Vec<NewTopic>, validate_only: bool },
+    DeleteTopics { names: Vec<String> },
+    CreatePartitions { topics: Vec<(String, i32)>, validate_only: bool },
+    AllocateProducerId,
+    CatalogChanged(Arc<TopicTable>),
+}
+
+/// Replies to [`CoreRequest`]s, variant by variant.
+pub enum CoreReply {
+    Produce(Result<Produced, PartitionError>),
+    Fetch(Result<RemoteRead, PartitionError>),
+    Waited,
+    ListOffset(Result<Option<(i64, i64)>, PartitionError>),
+    Watermarks(Result<(i64, i64), PartitionError>),
+    Topics(Vec<TopicOutcome>),
+    ProducerId(Result<i64, PartitionError>),
+    Done,
+}
+
+pub struct Envelope {
+    from: usize,
+    id: u64,
+    body: CoreRequest,
+}
+
+pub struct ReplyEnvelope {
+    id: u64,
+    body: CoreReply,
+}
+
+/// The catalog owner: core 0.
+pub const CATALOG_CORE: usize = 0;
+/// Producer ids handed out per catalog write (the catalog persists the next block).
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+pub struct Shard {
+    pub id: usize,
+    pub cores: usize,
+    pub config: Arc<BrokerConfig>,
+    catalog: RefCell<Arc<TopicTable>>,
+    partitions: RefCell<HashMap<(String, i32), Rc<Partition>>>,
+    requests: Senders<Envelope>,
+    replies: Senders<ReplyEnvelope>,
+    pending: RefCell<HashMap<u64, oneshot::Sender<CoreReply>>>,
+    next_call: Cell<u64>,
+    /// Serialises catalog changes (core 0 only).
+    catalog_lock: Semaphore,
+    /// Producer ids reserved by the persisted catalog and not yet handed out (core 0 only).
+    producer_ids: Cell<(i64, i64)>,
+    pub shutdown: Event,
+    pub shutting_down: Cell<bool>,
+}
+
+impl Shard {
+    pub fn new(
+        id: usize,
+        cores: usize,
+        config: Arc<BrokerConfig>,
+        catalog: Arc<TopicTable>,
+        requests: Senders<Envelope>,
+        replies: Senders<ReplyEnvelope>,
+    ) -> Rc<Shard> {
+        let next = catalog.next_producer_id;
+        Rc::new(Shard {
+            id,
+            cores,
+            config,
+            catalog: RefCell::new(catalog),
+            partitions: RefCell::new(HashMap::new()),
+            requests,
+            replies,
+            pending: RefCell::new(HashMap::new()),
+            next_call: Cell::new(0),
+            catalog_lock: Semaphore::new(1),
+            producer_ids: Cell::new((next, next)),
+            shutdown: Event::new(),
+            shutting_down: Cell::new(false),
+        })
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn wait_shutdown(&self) {
+        loop {
+            if self.shutting_down.get() {
+                return;
+            }
+            let listener = self.shutdown.listen();
+            if self.shutting_down.get() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Stops accepting work: the accept loop and idle connections end.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.set(true);
+        self.shutdown.notify(usize::MAX);
+    }
+
+    pub fn catalog(&self) -> Arc<TopicTable> {
+        self.catalog.borrow().clone()
+    }
+
+    /// The owning core of a partition, or the error a client should get.
+    pub fn owner(&self, topic: &str, partition: i32) -> Result<usize, PartitionError> {
+        let cat = self.catalog.borrow();
+        let t = cat.topics.get(topic).ok_or_else(|| {
+            PartitionError::new(ResponseError::UnknownTopicOrPartition, format!("unknown topic {topic}"))
+        })?;
+        usize::try_from(partition).ok().and_then(|p| t.shards.get(p)).map(|s| *s as usize).ok_or_else(|| {
+            PartitionError::new(ResponseError::UnknownTopicOrPartition, format!("{topic} has no partition {partition}"))
+        })
+    }
+
+    /// A partition owned by this core.
+    pub fn local(&self, topic: &str, partition: i32) -> Result<Rc<Partition>, PartitionError> {
+        self.partitions.borrow().get(&(topic.to_string(), partition)).cloned().ok_or_else(|| {
+            PartitionError::new(ResponseError::UnknownTopicOrPartition, format!("{topic}-{partition} is not open here"))
+        })
+    }
+
+    /// Sends `req` to `core` and waits for its reply; runs it inline when `core` is this one.
+    pub async fn call(self: &Rc<Self>, core: usize, req: CoreRequest) -> CoreReply {
+        if core == self.id {
+            return Box::pin(self.handle(req)).await;
+        }
+        let id = self.next_call.get();
+        self.next_call.set(id + 1);
+        let (tx, rx) = oneshot::channel();
+        self.pending.borrow_mut().insert(id, tx);
+        if self.requests.send_to(core, Envelope { from: self.id, id, body: req }).await.is_err() {
+            self.pending.borrow_mut().remove(&id);
+            return CoreReply::Done;
+        }
+        rx.await.unwrap_or(CoreReply::Done)
+    }
+
+    /// Starts the tasks that serve other cores' requests and route their replies to us.
+    pub fn start_mesh_tasks(self: &Rc<Self>, mut requests: Receivers<Envelope>, mut replies: Receivers<ReplyEnvelope>) {
+        for (_, stream) in requests.streams() {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(env) = stream.recv().await {
+                    let shard = shard.clone();
+                    glommio::spawn_local(async move {
+                        let body = shard.handle(env.body).await;
+                        let from = env.from;
+                        if shard.replies.send_to(from, ReplyEnvelope { id: env.id, body }).await.is_err() {
+                            warn!(to = from, "reply channel closed");
+                        }
+                    })
+                    .detach();
+                }
+            })
+            .detach();
+        }
+        for (_, stream) in replies.streams() {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(env) = stream.recv().await {
+                    if let Some(tx) = shard.pending.borrow_mut().remove(&env.id) {
+                        let _ = tx.send(env.body);
+                    }
+                }
+            })
+            .detach();
+        }
+    }
+
+    async fn handle(self: &Rc<Self>, req: CoreRequest) -> CoreReply {
+        match req {
+            CoreRequest::Produce { topic, partition, records } => {
+                CoreReply::Produce(match self.local(&topic, partition) {
+                    Ok(p) => p.produce(&records).await,
+                    Err(e) => Err(e),
+                })
+            }
+            CoreRequest::Fetch { topic, partition, offset, max_bytes } => {
+                CoreReply::Fetch(self.read_copied(&topic, partition, offset, max_bytes).await)
+            }
+            CoreRequest::WaitForData { topic, partition, offset, timeout } => {
+                if let Ok(p) = self.local(&topic, partition) {
+                    let _ = glommio::timer::timeout(timeout, async {
+                        p.wait_for_data(offset).await;
+                        Ok(())
+                    })
+                    .await;
+                }
+                CoreReply::Waited
+            }
+            CoreRequest::ListOffset { topic, partition, timestamp } => {
+                CoreReply::ListOffset(match self.local(&topic, partition) {
+                    Ok(p) => list_offset(&p, timestamp).await,
+                    Err(e) => Err(e),
+                })
+            }
+            CoreRequest::Watermarks { topic, partition } => {
+                CoreReply::Watermarks(self.local(&topic, partition).map(|p| (p.log_start_offset(), p.high_watermark())))
+            }
+            CoreRequest::CreateTopics { topics, validate_only } => {
+                CoreReply::Topics(self.create_topics(topics, validate_only).await)
+            }
+            CoreRequest::DeleteTopics { names } => CoreReply::Topics(self.delete_topics(names).await),
+            CoreRequest::CreatePartitions { topics, validate_only } => {
+                CoreReply::Topics(self.create_partitions(topics, validate_only).await)
+            }
+            CoreRequest::AllocateProducerId => CoreReply::ProducerId(self.allocate_producer_id().await),
+            CoreRequest::CatalogChanged(table) => {
+                self.apply_catalog(table).await;
+                CoreReply::Done
+            }
+        }
+    }
+
+    async fn read_copied(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<RemoteRead, PartitionError> {
+        let p = self.local(topic, partition)?;
+        let batches = p.read(offset, max_bytes).await?;
+        // Crossing to another core needs owned, Send bytes: one copy (local fetches splice instead).
+        let batches = batches.iter().map(|b| Bytes::copy_from_slice(&b.payload)).collect();
+        Ok(RemoteRead { batches, high_watermark: p.high_watermark(), log_start_offset: p.log_start_offset() })
+    }
+
+    /// Opens partitions newly assigned to this core and closes/deletes removed ones.
+    pub async fn apply_catalog(&self, table: Arc<TopicTable>) {
+        let data_dir = self.config.data_dir.clone();
+        let mut wanted: Vec<(Arc<TopicMeta>, i32)> = Vec::new();
+        for t in table.topics.values() {
+            for (p, s) in t.shards.iter().enumerate() {
+                if *s as usize == self.id {
+                    wanted.push((t.clone(), p as i32));
+                }
+            }
+        }
+        let removed: Vec<(String, i32)> = {
+            let parts = self.partitions.borrow();
+            parts.keys().filter(|(t, p)| !wanted.iter().any(|(w, wp)| &w.name == t && wp == p)).cloned().collect()
+        };
+        for key in removed {
+            let part = self.partitions.borrow_mut().remove(&key);
+            if let Some(part) = part {
+                let dir = part.dir().to_path_buf();
+                if let Err(e) = part.close().await {
+                    warn!(topic = %key.0, partition = key.1, error = %e, "closing deleted partition");
+                }
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    warn!(dir = %dir.display(), error = %e, "removing deleted partition");
+                }
+                info!(topic = %key.0, partition = key.1, core = self.id, "partition deleted");
+            }
+        }
+        for (t, p) in wanted {
+            let key = (t.name.clone(), p);
+            if self.partitions.borrow().contains_key(&key) {
+                continue;
+            }
+            let settings = match TopicSettings::resolve(&self.config, &t.configs) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(topic = %t.name, error = %e, "invalid stored topic config; using broker defaults");
+                    TopicSettings::resolve(&self.config, &[]).expect("broker defaults are valid")
+                }
+            };
+            let dir = topics::partition_dir(&data_dir, &t.name, p);
+            match Partition::open(&dir, &t.name, p, settings).await {
+                Ok(part) => {
+                    debug!(topic = %t.name, partition = p, core = self.id, "partition open");
+                    self.partitions.borrow_mut().insert(key, part);
+                }
+                Err(e) => error!(topic = %t.name, partition = p, error = %e, "cannot open partition"),
+            }
+        }
+        *self.catalog.borrow_mut() = table;
+    }
+
+    /// Persists `table` and makes every core apply it; returns once all have.
+    async fn publish(self: &Rc<Self>, table: TopicTable) -> Result<(), PartitionError> {
+        topics::save(&self.config.data_dir, &table).await?;
+        let table = Arc::new(table);
+        for core in 0..self.cores {
+            self.call(core, CoreRequest::CatalogChanged(table.clone())).await;
+        }
+        Ok(())
+    }
+
+    async fn create_topics(self: &Rc<Self>, new: Vec<NewTopic>, validate_only: bool) -> Vec<TopicOutcome> {
+        assert_eq!(self.id, CATALOG_CORE, "catalog changes run on the catalog core");
+        let _permit = self.catalog_lock.acquire_permit(1).await;
+        let mut table = (*self.catalog()).clone();
+        let mut out = Vec::new();
+        let mut changed = false;
+        for t in new {
+            let fail = |code, msg: String| TopicOutcome {
+                name: t.name.clone(),
+                id: [0; 16],
+                error: Some((code, msg)),
+                partitions: t.partitions,
+            };
+            if let Err(msg) = topics::validate_topic_name(&t.name) {
+                out.push(fail(ResponseError::InvalidTopicException, msg));
+                continue;
+            }
+            if table.topics.contains_key(&t.name) {
+                out.push(fail(ResponseError::TopicAlreadyExists, format!("Topic '{}' already exists.", t.name)));
+                continue;
+            }
+            let partitions = if t.partitions == -1 { self.config.default_partitions as i32 } else { t.partitions };
+            if partitions < 1 || partitions as u32 > topics::MAX_PARTITIONS_PER_TOPIC {
+                out.push(fail(
+                    ResponseError::InvalidPartitions,
+                    format!("Number of partitions must be in [1, {}].", topics::MAX_PARTITIONS_PER_TOPIC),
+                ));
+                continue;
+            }
+            if t.replication_factor != -1 && t.replication_factor != 1 {
+                out.push(fail(
+                    ResponseError::InvalidReplicationFactor,
+                    format!("Replication factor: {} larger than available brokers: 1.", t.replication_factor),
+                ));
+                continue;
+            }
+            if let Err(msg) = TopicSettings::resolve(&self.config, &t.configs) {
+                out.push(fail(ResponseError::InvalidConfig, msg));
+                continue;
+            }
+            let id = *uuid::Uuid::new_v4().as_bytes();
+            let shards = table.assign(partitions as u32, self.cores);
+            if !validate_only {
+                table.topics.insert(
+                    t.name.clone(),
+                    Arc::new(TopicMeta { name: t.name.clone(), id, shards, configs: t.configs.clone() }),
+                );
+                changed = true;
+            }
+            out.push(TopicOutcome { name: t.name, id, error: None, partitions });
+        }
+        if changed {
+            if let Err(e) = self.publish(table).await {
+                for o in out.iter_mut().filter(|o| o.error.is_none()) {
+                    o.error = Some((ResponseError::KafkaStorageError, e.message.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    async fn delete_topics(self: &Rc<Self>, names: Vec<String>) -> Vec<TopicOutcome> {
+        assert_eq!(self.id, CATALOG_CORE, "catalog changes run on the catalog core");
+        let _permit = self.catalog_lock.acquire_permit(1).await;
+        let mut table = (*self.catalog()).clone();
+        let mut out = Vec::new();
+        for name in names {
+            match table.topics.remove(&name) {
+                Some(t) => out.push(TopicOutcome { name, id: t.id, error: None, partitions: t.shards.len() as i32 }),
+                None => out.push(TopicOutcome {
+                    error: Some((ResponseError::UnknownTopicOrPartition, format!("Topic {name} does not exist"))),
+                    name,
+                    id: [0; 16],
+                    partitions: 0,
+                }),
+            }
+        }
+        if out.iter().any(|o| o.error.is_none()) {
+            if let Err(e) = self.publish(table).await {
+                for o in out.iter_mut().filter(|o| o.error.is_none()) {
+                    o.error = Some((ResponseError::KafkaStorageError, e.message.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    async fn create_partitions(self: &Rc<Self>, wanted: Vec<(String, i32)>, validate_only: bool) -> Vec<TopicOutcome> {
+        assert_eq!(self.id, CATALOG_CORE, "catalog changes run on the catalog core");
+        let _permit = self.catalog_lock.acquire_permit(1).await;
+        let mut table = (*self.catalog()).clone();
+        let mut out = Vec::new();
+        let mut changed = false;
+        for (name, count) in wanted {
+            let Some(t) = table.topics.get(&name).cloned() else {
+                out.push(TopicOutcome {
+                    error: Some((ResponseError::UnknownTopicOrPartition, format!("Topic {name} does not exist"))),
+                    name,
+                    id: [0; 16],
+                    partitions: count,
+                });
+                continue;
+            };
+            let current = t.shards.len() as i32;
+            if count <= current || count as u32 > topics::MAX_PARTITIONS_PER_TOPIC {
+                out.push(TopicOutcome {
+                    error: Some((
+                        ResponseError::InvalidPartitions,
+                        format!("Topic currently has {current} partitions, {count} would not be an increase."),
+                    )),
+                    name,
+                    id: t.id,
+                    partitions: count,
+                });
+                continue;
+            }
+            if !validate_only {
+                let extra = table.assign((count - current) as u32, self.cores);
+                let mut meta = (*t).clone();
+                meta.shards.extend(extra);
+                table.topics.insert(name.clone(), Arc::new(meta));
+                changed = true;
+            }
+            out.push(TopicOutcome { name, id: t.id, error: None, partitions: count });
+        }
+        if changed {
+            if let Err(e) = self.publish(table).await {
+                for o in out.iter_mut().filter(|o| o.error.is_none()) {
+                    o.error = Some((ResponseError::KafkaStorageError, e.message.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Hands out a producer id that was never handed out before, even across restarts: ids are
+    /// reserved in blocks persisted in the catalog before any of them is used.
+    async fn allocate_producer_id(self: &Rc<Self>) -> Result<i64, PartitionError> {
+        assert_eq!(self.id, CATALOG_CORE, "producer ids come from the catalog core");
+        let _permit = self.catalog_lock.acquire_permit(1).await;
+        let (next, limit) = self.producer_ids.get();
+        if next < limit {
+            self.producer_ids.set((next + 1, limit));
+            return Ok(next);
+        }
+        let mut table = (*self.catalog()).clone();
+        let start = table.next_producer_id;
+        table.next_producer_id = start + PRODUCER_ID_BLOCK;
+        self.publish(table).await?;
+        self.producer_ids.set((start + 1, start + PRODUCER_ID_BLOCK));
+        Ok(start)
+    }
+
+    /// Runs retention on this core's partitions.
+    pub async fn apply_retention(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        for p in parts {
+            match p.apply_retention(now).await {
+                Ok(0) => {}
+                Ok(n) => info!(topic = %p.topic, partition = p.index, segments = n, "retention deleted segments"),
+                Err(e) => warn!(topic = %p.topic, partition = p.index, error = %e.message, "retention failed"),
+            }
+        }
+    }
+
+    /// Closes every partition (flush + checkpoint).
+    pub async fn close_all(&self) {
+        let parts: Vec<Rc<Partition>> = self.partitions.borrow_mut().drain().map(|(_, p)| p).collect();
+        for p in parts {
+            if let Err(e) = p.close().await {
+                error!(topic = %p.topic, partition = p.index, error = %e, "closing partition");
+            }
+        }
+    }
+}
+
+/// ListOffsets for one partition: -2 earliest, -1 latest, -3 max timestamp, else by timestamp.
+async fn list_offset(p: &Partition, timestamp: i64) -> Result<Option<(i64, i64)>, PartitionError> {
+    match timestamp {
+        -2 => Ok(Some((p.log_start_offset(), -1))),
+        -1 => Ok(Some((p.high_watermark(), -1))),
+        -3 => p.max_timestamp().await,
+        ts if ts >= 0 => p.offset_for_timestamp(ts).await,
+        _ => Err(PartitionError::new(ResponseError::InvalidRequest, format!("unsupported timestamp {timestamp}"))),
+    }
+}
+
+/// Reads from a partition on this core, or copied from its owner.
+pub enum FetchedRecords {
+    Local(Vec<sluice_io::StoredBatch>, i64, i64),
+    Remote(RemoteRead),
+}
+
+impl Shard {
+    pub async fn fetch(
+        self: &Rc<Self>,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<FetchedRecords, PartitionError> {
+        let owner = self.owner(topic, partition)?;
+        if owner == self.id {
+            let p = self.local(topic, partition)?;
+            let batches = p.read(offset, max_bytes).await?;
+            return Ok(FetchedRecords::Local(batches, p.high_watermark(), p.log_start_offset()));
+        }
+        match self.call(owner, CoreRequest::Fetch { topic: topic.to_string(), partition, offset, max_bytes }).await {
+            CoreReply::Fetch(r) => r.map(FetchedRecords::Remote),
+            _ => Err(PartitionError::new(ResponseError::UnknownServerError, "core did not answer")),
+        }
+    }
+}

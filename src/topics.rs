@@ -1,0 +1,217 @@
+//! The topic catalog: names, topic ids, partition→core assignment and per-topic configs, plus the
+//! producer-id counter. Changed only on core 0 (the catalog owner), persisted as an rkyv archive in a
+//! framed, checksummed file (atomic replace), and broadcast to every core as an immutable snapshot.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sluice_io::framed_file::{self, FramedReadError};
+
+const MAGIC: u32 = u32::from_le_bytes(*b"SCAT");
+const VERSION: u32 = 1;
+const CATALOG_FILE: &str = "catalog";
+/// Longest topic name Kafka accepts.
+pub const MAX_TOPIC_NAME_LEN: usize = 249;
+/// Upper bound on partitions per topic (a limit, like every other).
+pub const MAX_PARTITIONS_PER_TOPIC: u32 = 10_000;
+
+/// One topic.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TopicMeta {
+    pub name: String,
+    /// Topic id (UUID bytes) for Metadata v10+ and Fetch v13+.
+    pub id: [u8; 16],
+    /// Owning core of each partition, by partition index.
+    pub shards: Vec<u32>,
+    /// Topic-level config overrides (Kafka names).
+    pub configs: Vec<(String, String)>,
+}
+
+/// Everything persisted in the catalog file.
+#[derive(Debug, Clone, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Catalog {
+    pub cluster_id: String,
+    pub topics: Vec<TopicMeta>,
+    /// Next producer id InitProducerId hands out (ids are never reused).
+    pub next_producer_id: i64,
+}
+
+/// An immutable snapshot of the catalog as every core sees it.
+#[derive(Debug, Clone, Default)]
+pub struct TopicTable {
+    pub cluster_id: String,
+    pub topics: BTreeMap<String, Arc<TopicMeta>>,
+    pub next_producer_id: i64,
+}
+
+impl TopicTable {
+    pub fn from_catalog(c: Catalog) -> Self {
+        TopicTable {
+            cluster_id: c.cluster_id,
+            next_producer_id: c.next_producer_id,
+            topics: c.topics.into_iter().map(|t| (t.name.clone(), Arc::new(t))).collect(),
+        }
+    }
+
+    pub fn to_catalog(&self) -> Catalog {
+        Catalog {
+            cluster_id: self.cluster_id.clone(),
+            next_producer_id: self.next_producer_id,
+            topics: self.topics.values().map(|t| (**t).clone()).collect(),
+        }
+    }
+
+    pub fn by_id(&self, id: &[u8; 16]) -> Option<&Arc<TopicMeta>> {
+        self.topics.values().find(|t| &t.id == id)
+    }
+
+    /// Partitions owned by each core.
+    fn load_per_shard(&self, shards: usize) -> Vec<usize> {
+        let mut load = vec![0usize; shards];
+        for t in self.topics.values() {
+            for &s in &t.shards {
+                if let Some(l) = load.get_mut(s as usize) {
+                    *l += 1;
+                }
+            }
+        }
+        load
+    }
+
+    /// Picks owners for `count` new partitions: each to the least-loaded core.
+    pub fn assign(&self, count: u32, shards: usize) -> Vec<u32> {
+        let mut load = self.load_per_shard(shards);
+        (0..count)
+            .map(|_| {
+                let (i, _) = load.iter().enumerate().min_by_key(|(i, l)| (**l, *i)).expect("at least one core");
+                load[i] += 1;
+                i as u32
+            })
+            .collect()
+    }
+
+    /// Reassigns partitions whose core no longer exists (the broker restarted with fewer cores).
+    /// Returns true when anything moved.
+    pub fn rebalance_missing_shards(&mut self, shards: usize) -> bool {
+        let mut moved = false;
+        let names: Vec<String> = self.topics.keys().cloned().collect();
+        for name in names {
+            let orphans: Vec<usize> = self.topics[&name]
+                .shards
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| **s as usize >= shards)
+                .map(|(i, _)| i)
+                .collect();
+            for p in orphans {
+                let owner = self.assign(1, shards)[0];
+                let t = Arc::make_mut(self.topics.get_mut(&name).expect("topic"));
+                t.shards[p] = owner;
+                moved = true;
+            }
+        }
+        moved
+    }
+}
+
+/// Why a topic name is invalid, as Kafka words it.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("Topic name is illegal, it can't be empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err("Topic name cannot be \".\" or \"..\"".into());
+    }
+    if name.len() > MAX_TOPIC_NAME_LEN {
+        return Err(format!("Topic name is longer than {MAX_TOPIC_NAME_LEN} characters"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+        return Err(format!("Topic name \"{name}\" is illegal, it contains a character other than ASCII alphanumerics, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+pub fn meta_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("__meta")
+}
+
+/// Directory of one partition's log: `<data>/<topic>-<partition>` as in Kafka.
+pub fn partition_dir(data_dir: &Path, topic: &str, partition: i32) -> PathBuf {
+    data_dir.join(format!("{topic}-{partition}"))
+}
+
+/// Loads the catalog, or a fresh one with a new cluster id.
+pub async fn load(data_dir: &Path) -> anyhow::Result<TopicTable> {
+    let dir = meta_dir(data_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    let path = dir.join(CATALOG_FILE);
+    match framed_file::read(&path, MAGIC, VERSION).await {
+        Ok(Some(bytes)) => {
+            let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+            aligned.extend_from_slice(&bytes);
+            let c = rkyv::from_bytes::<Catalog, rkyv::rancor::Error>(&aligned)
+                .map_err(|e| anyhow::anyhow!("{}: undecodable catalog: {e}", path.display()))?;
+            Ok(TopicTable::from_catalog(c))
+        }
+        Ok(None) => {
+            let id = uuid::Uuid::new_v4();
+            Ok(TopicTable { cluster_id: base64_url(id.as_bytes()), next_producer_id: 1000, ..TopicTable::default() })
+        }
+        Err(FramedReadError::Io(e)) => Err(e.into()),
+        Err(FramedReadError::Invalid(reason)) => Err(anyhow::anyhow!("{}: corrupt catalog: {reason}", path.display())),
+    }
+}
+
+/// Persists the catalog atomically.
+pub async fn save(data_dir: &Path, table: &TopicTable) -> Result<(), sluice_io::Error> {
+    let path = meta_dir(data_dir).join(CATALOG_FILE);
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&table.to_catalog()).map_err(|e| {
+        sluice_io::Error::CorruptCheckpoint { path: path.clone(), reason: format!("encoding catalog: {e}") }
+    })?;
+    framed_file::write_atomic(&path, MAGIC, VERSION, &bytes).await
+}
+
+/// Kafka cluster ids are 22-character URL-safe base64 of 16 bytes.
+fn base64_url(bytes: &[u8; 16]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(22);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for &b in bytes {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 6 {
+            bits -= 6;
+            out.push(A[((acc >> bits) & 63) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(A[((acc << (6 - bits)) & 63) as usize] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assignment_balances_and_rebalances() {
+        let mut t = TopicTable::default();
+        let shards = t.assign(5, 2);
+        assert_eq!(shards, vec![0, 1, 0, 1, 0]);
+        t.topics.insert("a".into(), Arc::new(TopicMeta { name: "a".into(), id: [1; 16], shards, configs: vec![] }));
+        assert_eq!(t.assign(1, 2), vec![1]);
+        assert!(t.rebalance_missing_shards(1));
+        assert!(t.topics["a"].shards.iter().all(|s| *s == 0));
+    }
+
+    #[test]
+    fn names_and_ids() {
+        assert!(validate_topic_name("orders.v1_x-y").is_ok());
+        assert!(validate_topic_name("bad name").is_err());
+        assert!(validate_topic_name("..").is_err());
+        assert_eq!(base64_url(&[0xff; 16]).len(), 22);
+    }
+}
