@@ -33,8 +33,12 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let available = core_ids.len().max(1);
     let cores = config.cores.unwrap_or(available);
     anyhow::ensure!(cores >= 1 && cores <= available, "--cores {cores}: this machine has {available} cores");
+    let mut config = config;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("creating data dir {}: {e}", config.data_dir.display()))?;
+    // glommio's directory operations misbehave on relative paths: work with an absolute one.
+    config.data_dir = std::fs::canonicalize(&config.data_dir)
+        .map_err(|e| anyhow::anyhow!("resolving data dir {}: {e}", config.data_dir.display()))?;
 
     // Load (and, if the core count changed, rebalance) the catalog before the cores start.
     let data_dir = config.data_dir.clone();

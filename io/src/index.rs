@@ -70,12 +70,18 @@ impl SegmentIndex {
         }
     }
 
-    /// Drops entries at or after `rel` / `position` (truncation).
-    pub fn truncate(&mut self, rel: u32) {
+    /// Drops entries at or after relative offset `rel` (truncation to `new_size` bytes).
+    pub fn truncate(&mut self, rel: u32, new_size: u64) {
         self.offsets.retain(|&(r, _)| r < rel);
         self.times.retain(|&(_, r)| r < rel);
-        // The next entry comes one interval after the last kept one at the latest.
-        self.bytes_since_entry = 0;
+        self.resume_spacing(new_size);
+    }
+
+    /// Keeps entries one interval apart after the index was cut or loaded: counts the bytes since
+    /// the last entry up to the segment's `size`.
+    fn resume_spacing(&mut self, size: u64) {
+        let last = self.offsets.last().map(|&(_, p)| u64::from(p)).unwrap_or(0);
+        self.bytes_since_entry = size.saturating_sub(last);
     }
 
     /// Checks the invariants against the segment's extent.
@@ -121,8 +127,7 @@ impl SegmentIndex {
     }
 
     /// Loads both index files. `Ok(None)` when either is missing; `CorruptIndex` when either fails
-    /// validation or they disagree. `bytes_since_entry` is left at 0, so the next entry may come
-    /// earlier than the interval: harmless for a sparse index.
+    /// validation or they disagree.
     pub async fn load(dir: &Path, base: u64) -> Result<Option<(SegmentIndex, Coverage)>> {
         let opath = offset_index_path(dir, base);
         let tpath = time_index_path(dir, base);
@@ -139,8 +144,9 @@ impl SegmentIndex {
         }
         let offsets = oentries.chunks_exact(8).map(|c| (le_u32(&c[0..4]), le_u32(&c[4..8]))).collect();
         let times = tentries.chunks_exact(12).map(|c| (le_u64(&c[0..8]) as i64, le_u32(&c[8..12]))).collect();
-        let idx = SegmentIndex { offsets, times, bytes_since_entry: 0 };
+        let mut idx = SegmentIndex { offsets, times, bytes_since_entry: 0 };
         idx.validate(&cover, base).map_err(|r| corrupt(&opath, r))?;
+        idx.resume_spacing(cover.size);
         Ok(Some((idx, cover)))
     }
 }
@@ -213,7 +219,7 @@ mod tests {
         assert_eq!(idx.lookup_offset(0), (0, 0));
         let start = idx.lookup_time(505);
         assert!(start <= 50);
-        idx.truncate(40);
+        idx.truncate(40, 40_000);
         assert!(idx.offsets.iter().all(|&(r, _)| r < 40));
     }
 }

@@ -207,6 +207,8 @@ impl Log {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).ctx(&dir, "creating log directory")?;
+        // glommio's directory operations misbehave on relative paths.
+        let dir = std::path::absolute(&dir).ctx(&dir, "resolving log directory")?;
         crate::dio::prepare_dir(&dir).await?;
         let lock = lock_dir(&dir)?;
         let rec = recover(&dir, &config).await?;
@@ -469,11 +471,13 @@ impl Log {
         let mut expected = None::<u64>;
         while buf_pos + (at as u64) < limit {
             let abs = buf_pos + at as u64;
-            if buf.len() - at < HEADER_LEN {
+            // Skipped frames can end past the buffer (index entries are at most about two
+            // intervals apart after a reopen or truncation, and a batch can be of any size).
+            if buf.len().saturating_sub(at) < HEADER_LEN {
                 if !out.is_empty() {
                     break;
                 }
-                buf = Segment::read_exact(&file, &path, abs, HEADER_LEN).await?;
+                buf = Segment::read_exact(&file, &path, abs, ((limit - abs) as usize).min(want)).await?;
                 buf_pos = abs;
                 at = 0;
             }
@@ -1049,7 +1053,7 @@ async fn truncate(sh: &Rc<Shared>, offset: u64) -> Result<()> {
         let seg = st.segments.get_mut(&base).expect("cut segment");
         seg.size = pos;
         seg.next_offset = cut_offset;
-        seg.index.truncate((cut_offset - base) as u32);
+        seg.index.truncate((cut_offset - base) as u32, pos);
         seg.max_timestamp = if pos == 0 { i64::MIN } else { max_ts };
         if pos == 0 {
             seg.first_timestamp = None;

@@ -188,8 +188,9 @@ async fn wait_for_any(shard: &Rc<Shard>, wanted: &[Vec<Wanted>], results: &[Vec<
             .detach();
         }
     }
+    // Shutdown cuts a long poll short: the connection answers with what there is and closes.
     let _ = glommio::timer::timeout(timeout, async {
-        listener.await;
+        futures_lite::future::or(listener, shard.wait_shutdown()).await;
         Ok(())
     })
     .await;

@@ -1,0 +1,507 @@
+//! Shared harness for the broker's integration tests: runs the real `sluice` binary on a free
+//! 127.0.0.1 port with a data directory under `target/` (never tmpfs: the storage engine uses O_DIRECT),
+//! and drives external clients (kafka-python through `python3 -c`, kcat) with a time limit each.
+//! It builds nothing: cargo builds the binary for integration tests (`CARGO_BIN_EXE_sluice`).
+//! Raw Kafka framing for the tests that must send bytes no real client would send is in `wire`.
+
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a started broker has to answer an ApiVersions round-trip.
+pub const BROKER_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a broker has to exit after SIGTERM (flush, checkpoint, close).
+pub const BROKER_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Limit of one python3 or kcat invocation.
+pub const CLIENT_PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lines of the broker's log shown when a test fails because of the broker.
+const LOG_TAIL_LINES: usize = 60;
+/// How often a process is checked for having exited (not a synchronisation with the broker).
+const PROCESS_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A `sluice serve` process with its own data directory and port; SIGKILLed on drop if still running.
+pub struct Broker {
+    child: Option<Child>,
+    port: u16,
+    cores: usize,
+    config_file: Option<PathBuf>,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+    // Last: the directory goes away after the process is killed.
+    _dir: tempfile::TempDir,
+}
+
+/// What to start a broker with.
+#[derive(Clone, Debug)]
+pub struct BrokerOptions {
+    /// `--cores`. Two by default so that partitions land on different cores and forwarding is used.
+    pub cores: usize,
+    /// Contents of a TOML file passed as `--config`, if any.
+    pub config_toml: Option<String>,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        BrokerOptions { cores: 2, config_toml: None }
+    }
+}
+
+impl Broker {
+    /// Starts a broker with default options and waits until it answers.
+    pub fn start() -> Broker {
+        Broker::start_with(BrokerOptions::default())
+    }
+
+    pub fn start_with(options: BrokerOptions) -> Broker {
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-broker-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("create a temp dir under target/");
+        let data_dir = dir.path().join("data");
+        let log_path = dir.path().join("broker.log");
+        let config_file = options.config_toml.map(|toml| {
+            let path = dir.path().join("sluice.toml");
+            fs::write(&path, toml).expect("write broker config");
+            path
+        });
+        let mut broker =
+            Broker { child: None, port: free_port(), cores: options.cores, config_file, data_dir, log_path, _dir: dir };
+        broker.spawn_and_wait_ready();
+        broker
+    }
+
+    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().expect("try_wait on broker").is_none(),
+            None => false,
+        }
+    }
+
+    /// Panics (with the log tail) unless the process is still running.
+    pub fn assert_running(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(status) = child.try_wait().expect("try_wait on broker") {
+                panic!("broker exited unexpectedly ({status}); log tail:\n{}", self.log_tail());
+            }
+        } else {
+            panic!("broker is not started");
+        }
+    }
+
+    /// SIGKILL: no flush, no checkpoint, as a power cut is to the process.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("kill9: broker is not running");
+        child.kill().expect("SIGKILL the broker");
+        let status = child.wait().expect("wait for the killed broker");
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "broker ended otherwise than by SIGKILL: {status}");
+    }
+
+    /// SIGTERM, then waits for the exit and asserts it was clean (exit code 0).
+    pub fn terminate(&mut self) {
+        let mut child = self.child.take().expect("terminate: broker is not running");
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+        // SAFETY: plain kill(2) on the pid of our own child, which has not been reaped yet.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM): {}", io::Error::last_os_error());
+        match wait_with_deadline(&mut child, BROKER_EXIT_TIMEOUT) {
+            Some(status) => {
+                assert_eq!(
+                    status.code(),
+                    Some(0),
+                    "broker exit after SIGTERM: {status}; log tail:\n{}",
+                    self.log_tail()
+                )
+            }
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "broker still running {BROKER_EXIT_TIMEOUT:?} after SIGTERM (killed); log tail:\n{}",
+                    self.log_tail()
+                );
+            }
+        }
+    }
+
+    /// Starts the broker again on the same data directory and port, after `kill9` or `terminate`.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart: stop the broker first (kill9 or terminate)");
+        self.spawn_and_wait_ready();
+    }
+
+    /// The last lines of the broker's stdout+stderr (all its runs, appended).
+    pub fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log_path).unwrap_or_else(|e| format!("<cannot read broker log: {e}>"));
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+
+    fn spawn_and_wait_ready(&mut self) {
+        let log = OpenOptions::new().create(true).append(true).open(&self.log_path).expect("open broker log");
+        let log_err = log.try_clone().expect("clone broker log handle");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(self.bootstrap())
+            .arg("--cores")
+            .arg(self.cores.to_string());
+        if let Some(config) = &self.config_file {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err));
+        self.child = Some(cmd.spawn().expect("spawn the sluice binary"));
+
+        let deadline = Instant::now() + BROKER_READY_TIMEOUT;
+        let mut last_error = String::from("no attempt yet");
+        while Instant::now() < deadline {
+            self.assert_running();
+            match wire::api_versions_v0_round_trip(self.addr(), Duration::from_secs(2)) {
+                Ok(response) if response.error_code == 0 => return,
+                Ok(response) => last_error = format!("ApiVersions v0 error_code {}", response.error_code),
+                Err(e) => last_error = e,
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let mut child = self.child.take().expect("child just spawned");
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "broker not ready within {BROKER_READY_TIMEOUT:?} on {} (last: {last_error}); log tail:\n{}",
+            self.bootstrap(),
+            self.log_tail()
+        );
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if thread::panicking() {
+            eprintln!("--- broker {} log tail ---\n{}\n--- end of broker log ---", self.bootstrap(), self.log_tail());
+        }
+    }
+}
+
+/// A port that was free a moment ago: bind port 0, read it, close. The broker binds it next.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// A topic name no other test (or earlier run against a kept broker) uses.
+pub fn unique_topic(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{prefix}-{}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), nanos % 1_000_000)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");
+    i64::try_from(since.as_millis()).expect("ms fit i64")
+}
+
+fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(PROCESS_POLL_INTERVAL);
+    }
+}
+
+/// Output of an external client process that exited by itself within its time limit.
+pub struct ClientOutput {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+/// Runs `cmd` with `stdin` fed to it, killing it after `timeout`. Panics if it does not finish in time.
+pub fn run_with_timeout(mut cmd: Command, stdin: &[u8], timeout: Duration) -> ClientOutput {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e} (run scripts/install-test-deps)"));
+    let mut child_stdin = child.stdin.take().expect("piped stdin");
+    let input = stdin.to_vec();
+    // Writer and readers on their own threads so that no pipe can fill up and stall the child.
+    let writer = thread::spawn(move || {
+        let _ = child_stdin.write_all(&input);
+    });
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let out_reader = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    let status = wait_with_deadline(&mut child, timeout);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = writer.join();
+    let stdout = out_reader.join().expect("stdout reader");
+    let stderr = String::from_utf8_lossy(&err_reader.join().expect("stderr reader")).into_owned();
+    match status {
+        Some(status) => ClientOutput { status, stdout, stderr },
+        None => panic!(
+            "{what} did not finish within {timeout:?} (killed)\nstdout:\n{}\nstderr:\n{stderr}",
+            String::from_utf8_lossy(&stdout)
+        ),
+    }
+}
+
+/// Runs an inline Python script (`python3 -c SCRIPT ARGS...`) that prints one JSON document as its
+/// last line of stdout, and returns that document. Panics with the script's stderr if it fails.
+/// `stdin` carries the bulk input (JSON), since one argument is limited to 128 KiB.
+pub fn run_python_json(script: &str, args: &[&str], stdin: &[u8]) -> serde_json::Value {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(script).args(args);
+    let out = run_with_timeout(cmd, stdin, CLIENT_PROCESS_TIMEOUT);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "python3 failed ({}):\nstdout:\n{stdout}\nstderr:\n{}", out.status, out.stderr);
+    let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_else(|| {
+        panic!("python3 printed nothing on stdout; stderr:\n{}", out.stderr);
+    });
+    serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("python3 output is not JSON ({e}): {last}\nstderr:\n{}", out.stderr))
+}
+
+/// Runs `kcat ARGS...` with `stdin`, asserting it exits 0. Returns its stdout.
+pub fn run_kcat(args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    let mut cmd = Command::new("kcat");
+    cmd.args(args);
+    let out = run_with_timeout(cmd, stdin, CLIENT_PROCESS_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "kcat {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        out.stderr
+    );
+    out.stdout
+}
+
+/// Drops `value` (a client whose destructor talks to the broker) on a helper thread and panics if that
+/// takes longer than `timeout`: librdkafka's consumer close, for one, loops until the client is closed.
+pub fn drop_within<T: Send + 'static>(value: T, timeout: Duration, what: &str) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        drop(value);
+        let _ = done_tx.send(());
+    });
+    if done_rx.recv_timeout(timeout).is_err() {
+        panic!("{what} did not close within {timeout:?}");
+    }
+}
+
+/// Lowercase hex, the form in which the Python helpers exchange bytes with the tests.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex(text: &str) -> Vec<u8> {
+    assert_eq!(text.len() % 2, 0, "odd-length hex: {text}");
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex digit")).collect()
+}
+
+/// Raw Kafka framing (size-prefixed frames, request header v1/v2) for the tests that send bytes no
+/// client library would: malformed frames, unsupported versions. Also the readiness probe.
+pub mod wire {
+    use super::*;
+
+    pub const API_KEY_PRODUCE: i16 = 0;
+    pub const API_KEY_FETCH: i16 = 1;
+    pub const API_KEY_METADATA: i16 = 3;
+    pub const API_KEY_API_VERSIONS: i16 = 18;
+    pub const ERROR_UNSUPPORTED_VERSION: i16 = 35;
+    /// Largest response frame these helpers accept: guards against reading garbage as a length.
+    pub const MAX_RESPONSE_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+    /// A size-prefixed request: header v1 (`flexible_header == false`) or v2 (adds an empty tagged-fields
+    /// section), then `body` as given.
+    pub fn request_frame(
+        api_key: i16,
+        api_version: i16,
+        correlation_id: i32,
+        client_id: &str,
+        flexible_header: bool,
+        body: &[u8],
+    ) -> Vec<u8> {
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&api_key.to_be_bytes());
+        payload.extend_from_slice(&api_version.to_be_bytes());
+        payload.extend_from_slice(&correlation_id.to_be_bytes());
+        let client_id_len = i16::try_from(client_id.len()).expect("client id length");
+        payload.extend_from_slice(&client_id_len.to_be_bytes());
+        payload.extend_from_slice(client_id.as_bytes());
+        if flexible_header {
+            payload.push(0); // no tagged fields
+        }
+        payload.extend_from_slice(body);
+        let mut frame = u32::try_from(payload.len()).expect("frame length").to_be_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        frame
+    }
+
+    /// Reads one size-prefixed frame and returns it without the size.
+    pub fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+        let mut size = [0u8; 4];
+        stream.read_exact(&mut size)?;
+        let size = i32::from_be_bytes(size);
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|&s| s <= MAX_RESPONSE_FRAME_BYTES)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("response frame size {size}")))?;
+        let mut frame = vec![0u8; size];
+        stream.read_exact(&mut frame)?;
+        Ok(frame)
+    }
+
+    /// An ApiVersions response decoded as version 0: `correlation_id`, `error_code`,
+    /// `[api_key, min_version, max_version]`.
+    #[derive(Debug)]
+    pub struct ApiVersionsV0 {
+        pub correlation_id: i32,
+        pub error_code: i16,
+        pub api_keys: Vec<(i16, i16, i16)>,
+    }
+
+    impl ApiVersionsV0 {
+        pub fn range_of(&self, api_key: i16) -> Option<(i16, i16)> {
+            self.api_keys.iter().find(|(k, _, _)| *k == api_key).map(|&(_, min, max)| (min, max))
+        }
+    }
+
+    /// Decodes a v0 ApiVersions response frame (response header v0, then error_code and a non-compact
+    /// array), insisting that it has exactly that length: v0 has no throttle time and no tagged fields.
+    pub fn parse_api_versions_v0(frame: &[u8]) -> Result<ApiVersionsV0, String> {
+        fn i16_at(b: &[u8], at: usize) -> i16 {
+            i16::from_be_bytes([b[at], b[at + 1]])
+        }
+        fn i32_at(b: &[u8], at: usize) -> i32 {
+            i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+        }
+        if frame.len() < 10 {
+            return Err(format!("ApiVersions v0 response too short: {} bytes", frame.len()));
+        }
+        let correlation_id = i32_at(frame, 0);
+        let error_code = i16_at(frame, 4);
+        let count = i32_at(frame, 6);
+        let count = usize::try_from(count).map_err(|_| format!("negative api_keys count {count}"))?;
+        let expected_len = 10 + 6 * count;
+        if frame.len() != expected_len {
+            return Err(format!(
+                "ApiVersions v0 response is {} bytes, expected {expected_len} for {count} api keys",
+                frame.len()
+            ));
+        }
+        let api_keys =
+            (0..count).map(|i| 10 + 6 * i).map(|at| (i16_at(frame, at), i16_at(frame, at + 2), i16_at(frame, at + 4)));
+        Ok(ApiVersionsV0 { correlation_id, error_code, api_keys: api_keys.collect() })
+    }
+
+    /// Sends ApiVersions v0 on `stream` and decodes the answer; checks the correlation id.
+    pub fn api_versions_v0(stream: &mut TcpStream, correlation_id: i32) -> Result<ApiVersionsV0, String> {
+        let frame = request_frame(API_KEY_API_VERSIONS, 0, correlation_id, "sluice-test", false, &[]);
+        stream.write_all(&frame).map_err(|e| format!("send ApiVersions v0: {e}"))?;
+        let response = read_frame(stream).map_err(|e| format!("read ApiVersions v0 response: {e}"))?;
+        let parsed = parse_api_versions_v0(&response)?;
+        if parsed.correlation_id != correlation_id {
+            return Err(format!("correlation id {} in answer to {correlation_id}", parsed.correlation_id));
+        }
+        Ok(parsed)
+    }
+
+    /// Connects, sends ApiVersions v0, reads the answer: the readiness probe.
+    pub fn api_versions_v0_round_trip(addr: SocketAddr, timeout: Duration) -> Result<ApiVersionsV0, String> {
+        let mut stream = connect(addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+        api_versions_v0(&mut stream, 1)
+    }
+
+    /// A loopback connection with read and write timeouts set.
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// Waits until the peer closes `stream` (EOF or reset), reading and discarding whatever it sends
+    /// first. Err if it is still open after `timeout`.
+    pub fn wait_for_close(stream: &mut TcpStream, timeout: Duration) -> Result<(), String> {
+        const MAX_DISCARD_BYTES: usize = 1024 * 1024;
+        let deadline = Instant::now() + timeout;
+        let mut discarded = 0usize;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("connection still open after {timeout:?} ({discarded} bytes received)"));
+            }
+            stream.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+            match stream.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    discarded += n;
+                    if discarded > MAX_DISCARD_BYTES {
+                        return Err(format!("peer sent over {MAX_DISCARD_BYTES} bytes instead of closing"));
+                    }
+                }
+                Err(e) => match e.kind() {
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe => {
+                        return Ok(())
+                    }
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => continue,
+                    _ => return Err(format!("read: {e}")),
+                },
+            }
+        }
+    }
+}
