@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
     CreateTopicsRequest, DeleteTopicsRequest, MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader,
@@ -86,9 +85,6 @@ impl AdminClient {
     pub fn delete_topic(&mut self, name: &str) -> anyhow::Result<()> {
         let req = DeleteTopicsRequest::default()
             .with_topic_names(vec![TopicName(StrBytes::from_string(name.into()))])
-            .with_topics(vec![
-                DeleteTopicState::default().with_name(Some(TopicName(StrBytes::from_string(name.into()))))
-            ])
             .with_timeout_ms(30_000);
         let resp = self.call(&req, 4)?;
         for t in resp.responses {
@@ -106,6 +102,6 @@ impl AdminClient {
                 .map(|t| MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(t.clone())))))
                 .collect()
         }));
-        self.call(&req, 9)
+        self.call(&req, 12)
     }
 }

@@ -209,3 +209,62 @@ fn body_size(body: &ResponseKind, version: i16) -> anyhow::Result<usize> {
 fn encode_body(body: &ResponseKind, buf: &mut SpliceBuf, version: i16) -> anyhow::Result<()> {
     for_each_kind!(body, x => Ok(x.encode(buf, version)?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+    use kafka_protocol::messages::{FetchResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    fn response_with(records: Vec<Option<Bytes>>) -> FetchResponse {
+        let partitions = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                PartitionData::default().with_partition_index(i as i32).with_high_watermark(9).with_records(r)
+            })
+            .collect();
+        FetchResponse::default().with_responses(vec![FetchableTopicResponse::default()
+            .with_topic(TopicName(StrBytes::from_static_str("t")))
+            .with_partitions(partitions)])
+    }
+
+    /// The spliced frame is byte-identical to a plain encoding, and the stored bytes are passed
+    /// through by reference, not copied.
+    #[test]
+    fn fetch_records_are_spliced_not_copied() {
+        let a = Bytes::from(vec![1u8; 300]);
+        let b = Bytes::from(vec![2u8; 70_000]);
+        let c = Bytes::from(vec![3u8; 5]);
+        let mut s0 = RecordsSplice::default();
+        s0.push(BatchBytes::Memory(a.clone()));
+        s0.push(BatchBytes::Memory(b.clone()));
+        let empty = RecordsSplice::default();
+        let mut s2 = RecordsSplice::default();
+        s2.push(BatchBytes::Memory(c.clone()));
+        for version in [4i16, 11, 12, 16] {
+            let plain =
+                response_with(vec![Some(Bytes::from([&a[..], &b[..]].concat())), Some(Bytes::new()), Some(c.clone())]);
+            let spliced = response_with(vec![s0.field(), empty.field(), s2.field()]);
+            let hv = if version >= 12 { 1 } else { 0 };
+            let splices = vec![
+                RecordsSplice { pieces: s0.pieces.clone(), len: s0.len },
+                RecordsSplice::default(),
+                RecordsSplice { pieces: s2.pieces.clone(), len: s2.len },
+            ];
+            let chunks = encode(7, hv, &ResponseKind::Fetch(spliced), version, splices).unwrap();
+            let wire: Vec<u8> = chunks.iter().flat_map(|c| c.bytes().to_vec()).collect();
+            let expected = encode(7, hv, &ResponseKind::Fetch(plain), version, Vec::new()).unwrap();
+            let expected: Vec<u8> = expected.iter().flat_map(|c| c.bytes().to_vec()).collect();
+            assert_eq!(wire, expected, "v{version}");
+            let stored: Vec<*const u8> =
+                chunks.iter().filter_map(|c| matches!(c, Chunk::Stored(_)).then(|| c.bytes().as_ptr())).collect();
+            assert_eq!(
+                stored,
+                vec![a.as_ptr(), b.as_ptr(), c.as_ptr()],
+                "v{version}: stored bytes passed by reference"
+            );
+        }
+    }
+}
