@@ -259,7 +259,7 @@ mod tests {
             let expected: Vec<u8> = expected.iter().flat_map(|c| c.bytes().to_vec()).collect();
             assert_eq!(wire, expected, "v{version}");
             let stored: Vec<*const u8> =
-                chunks.iter().filter_map(|c| matches!(c, Chunk::Stored(_)).then(|| c.bytes().as_ptr())).collect();
+                chunks.iter().filter(|c| matches!(c, Chunk::Stored(_))).map(|c| c.bytes().as_ptr()).collect();
             assert_eq!(
                 stored,
                 vec![a.as_ptr(), b.as_ptr(), c.as_ptr()],
