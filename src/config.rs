@@ -38,6 +38,9 @@ pub struct BrokerConfig {
     pub cross_core_channel_capacity: usize,
     /// glommio DMA memory per executor.
     pub io_memory_bytes: usize,
+    /// Partitions of `__consumer_offsets`, fixed when the topic is first created
+    /// (Kafka `offsets.topic.num.partitions`, default 50 there).
+    pub offsets_topic_partitions: u32,
     /// Default topic settings (overridable per topic).
     pub log: TopicDefaults,
 }
@@ -91,6 +94,7 @@ impl Default for BrokerConfig {
             max_fetch_wait_ms: 30_000,
             cross_core_channel_capacity: 1024,
             io_memory_bytes: 8 << 20,
+            offsets_topic_partitions: 16,
             log: TopicDefaults::default(),
         }
     }
@@ -116,6 +120,11 @@ impl BrokerConfig {
         anyhow::ensure!(self.max_inflight_requests_per_connection >= 1, "max_inflight_requests_per_connection >= 1");
         anyhow::ensure!(self.default_partitions >= 1, "default_partitions must be >= 1");
         anyhow::ensure!(self.cross_core_channel_capacity >= 1, "cross_core_channel_capacity >= 1");
+        anyhow::ensure!(
+            (1..=crate::topics::MAX_PARTITIONS_PER_TOPIC).contains(&self.offsets_topic_partitions),
+            "offsets_topic_partitions must be in [1, {}]",
+            crate::topics::MAX_PARTITIONS_PER_TOPIC
+        );
         Ok(())
     }
 }

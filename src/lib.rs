@@ -6,6 +6,7 @@
 
 pub mod admin_client;
 pub mod config;
+pub mod groups;
 pub mod kafka;
 pub mod partition;
 pub mod server;

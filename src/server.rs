@@ -16,6 +16,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{error, info, warn};
 
 use crate::config::BrokerConfig;
+use crate::groups::offsets_log::OFFSETS_TOPIC;
 use crate::shard::{Envelope, ReplyEnvelope, Shard};
 use crate::topics::{self, TopicTable};
 
@@ -42,6 +43,7 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
 
     // Load (and, if the core count changed, rebalance) the catalog before the cores start.
     let data_dir = config.data_dir.clone();
+    let offsets_partitions = config.offsets_topic_partitions;
     let table: TopicTable = LocalExecutorBuilder::new(Placement::Unbound)
         .name("sluice-startup")
         .io_memory(1 << 20)
@@ -49,6 +51,18 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
             let mut table = topics::load(&data_dir).await?;
             if table.rebalance_missing_shards(cores) {
                 warn!(cores, "core count changed: partitions of missing cores were reassigned");
+            }
+            if !table.topics.contains_key(OFFSETS_TOPIC) {
+                // Committed offsets: fsync'ed per batch, kept until the coordinator expires them.
+                let shards = table.assign(offsets_partitions, cores);
+                let configs = vec![
+                    ("flush.messages".to_string(), "1".to_string()),
+                    ("retention.ms".to_string(), "-1".to_string()),
+                    ("segment.bytes".to_string(), (100u64 << 20).to_string()),
+                ];
+                let id = *uuid::Uuid::new_v4().as_bytes();
+                let meta = topics::TopicMeta { name: OFFSETS_TOPIC.into(), id, shards, configs };
+                table.topics.insert(OFFSETS_TOPIC.into(), Arc::new(meta));
             }
             topics::save(&data_dir, &table).await?;
             anyhow::Ok(table)
@@ -121,6 +135,8 @@ async fn core_main(
     let shard = Shard::new(id, cores, config.clone(), table.clone(), req_tx, rep_tx);
     shard.start_mesh_tasks(req_rx, rep_rx);
     shard.apply_catalog(table).await;
+    shard.load_offsets().await?;
+    glommio::spawn_local(shard.clone().group_timers()).detach();
     let listener = TcpListener::bind(&config.listen).map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
     if ready.fetch_add(1, Ordering::SeqCst) + 1 == cores {
         info!(cores, "listening on {}", config.listen);

@@ -17,7 +17,16 @@ use glommio::sync::Semaphore;
 use kafka_protocol::error::ResponseError;
 use tracing::{debug, error, info, warn};
 
+use kafka_protocol::messages::describe_groups_response::DescribedGroup;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::{
+    HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
+    SyncGroupRequest, SyncGroupResponse,
+};
+
 use crate::config::{BrokerConfig, TopicSettings};
+use crate::groups::offsets_log::{self, Committed, OffsetRecord, OFFSETS_TOPIC};
+use crate::groups::GroupCoordinator;
 use crate::partition::{Partition, PartitionError, Produced};
 use crate::topics::{self, TopicMeta, TopicTable};
 
@@ -59,6 +68,34 @@ pub enum CoreRequest {
     CreatePartitions { topics: Vec<(String, i32)>, validate_only: bool },
     AllocateProducerId,
     CatalogChanged(Arc<TopicTable>),
+    Group(Box<GroupCall>),
+}
+
+/// Group-coordinator work, run on the core coordinating the group.
+pub enum GroupCall {
+    Join(JoinGroupRequest, i16, String, String),
+    Sync(SyncGroupRequest, i16),
+    Heartbeat(HeartbeatRequest),
+    Leave(LeaveGroupRequest, i16),
+    Commit { group: String, generation: i32, member: String, records: Vec<OffsetRecord> },
+    FetchOffsets { group: String, wanted: Option<Vec<(String, i32)>> },
+    List(Vec<String>),
+    Describe(String, i16),
+    Delete(String),
+    OffsetDelete { group: String, partitions: Vec<(String, i32)> },
+}
+
+pub enum GroupReply {
+    Join(JoinGroupResponse),
+    Sync(SyncGroupResponse),
+    Heartbeat(HeartbeatResponse),
+    Leave(LeaveGroupResponse),
+    Commit(Result<(), ResponseError>),
+    Offsets(Vec<(String, i32, Option<Committed>)>),
+    List(Vec<ListedGroup>),
+    Describe(DescribedGroup),
+    Code(i16),
+    OffsetDelete(i16, Vec<(String, i32, i16)>),
 }
 
 /// Replies to [`CoreRequest`]s, variant by variant.
@@ -70,6 +107,7 @@ pub enum CoreReply {
     Watermarks(Result<(i64, i64), PartitionError>),
     Topics(Vec<TopicOutcome>),
     ProducerId(Result<i64, PartitionError>),
+    Group(GroupReply),
     Done,
 }
 
@@ -105,6 +143,8 @@ pub struct Shard {
     producer_ids: Cell<(i64, i64)>,
     pub shutdown: Event,
     pub shutting_down: Cell<bool>,
+    /// Groups whose `__consumer_offsets` partition this core owns.
+    pub groups: GroupCoordinator,
 }
 
 impl Shard {
@@ -131,6 +171,7 @@ impl Shard {
             producer_ids: Cell::new((next, next)),
             shutdown: Event::new(),
             shutting_down: Cell::new(false),
+            groups: GroupCoordinator::default(),
         })
     }
 
@@ -265,6 +306,121 @@ impl Shard {
             CoreRequest::CatalogChanged(table) => {
                 self.apply_catalog(table).await;
                 CoreReply::Done
+            }
+            CoreRequest::Group(call) => CoreReply::Group(self.run_group(*call).await),
+        }
+    }
+
+    /// Partitions of `__consumer_offsets`.
+    pub fn offsets_partitions(&self) -> usize {
+        self.catalog.borrow().topics.get(OFFSETS_TOPIC).map_or(0, |t| t.shards.len())
+    }
+
+    /// The core coordinating `group`.
+    pub fn coordinator_core(&self, group: &str) -> Result<usize, PartitionError> {
+        let n = self.offsets_partitions();
+        if n == 0 {
+            return Err(PartitionError::new(ResponseError::CoordinatorNotAvailable, "no offsets topic"));
+        }
+        self.owner(OFFSETS_TOPIC, offsets_log::partition_for(group, n))
+    }
+
+    /// Runs group work on `core` (inline when it is this one).
+    pub async fn group_call(self: &Rc<Self>, core: usize, call: GroupCall) -> Option<GroupReply> {
+        match self.call(core, CoreRequest::Group(Box::new(call))).await {
+            CoreReply::Group(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    async fn run_group(self: &Rc<Self>, call: GroupCall) -> GroupReply {
+        let g = &self.groups;
+        match call {
+            GroupCall::Join(req, v, client, host) => GroupReply::Join(g.join(req, v, &client, &host).await),
+            GroupCall::Sync(req, v) => GroupReply::Sync(g.sync(req, v).await),
+            GroupCall::Heartbeat(req) => GroupReply::Heartbeat(g.heartbeat(req)),
+            GroupCall::Leave(req, v) => GroupReply::Leave(g.leave(req, v)),
+            GroupCall::Commit { group, generation, member, records } => {
+                let res = match g.check_commit(&group, generation, &member) {
+                    Ok(()) => g.persist(self, &group, records).await,
+                    Err(e) => Err(e),
+                };
+                GroupReply::Commit(res)
+            }
+            GroupCall::FetchOffsets { group, wanted } => GroupReply::Offsets(g.fetch_offsets(&group, wanted)),
+            GroupCall::List(states) => GroupReply::List(g.list(&states)),
+            GroupCall::Describe(group, v) => GroupReply::Describe(g.describe(&group, v)),
+            GroupCall::Delete(group) => GroupReply::Code(match g.prepare_delete(&group) {
+                Err(e) => e.code(),
+                Ok(records) => match g.persist(self, &group, records).await {
+                    Ok(()) => {
+                        g.forget(&group);
+                        0
+                    }
+                    Err(e) => e.code(),
+                },
+            }),
+            GroupCall::OffsetDelete { group, partitions } => {
+                if !g.exists(&group) {
+                    return GroupReply::OffsetDelete(ResponseError::GroupIdNotFound.code(), Vec::new());
+                }
+                let subscribed = g.subscribed(&group);
+                let mut per = Vec::new();
+                let mut records = Vec::new();
+                for (t, p) in partitions {
+                    if subscribed.contains(&t) {
+                        per.push((t, p, ResponseError::GroupSubscribedToTopic.code()));
+                    } else {
+                        records.push(OffsetRecord {
+                            group: group.clone(),
+                            topic: t.clone(),
+                            partition: p,
+                            value: None,
+                        });
+                        per.push((t, p, 0));
+                    }
+                }
+                match g.persist(self, &group, records).await {
+                    Ok(()) => GroupReply::OffsetDelete(0, per),
+                    Err(e) => GroupReply::OffsetDelete(e.code(), Vec::new()),
+                }
+            }
+        }
+    }
+
+    /// Replays this core's `__consumer_offsets` partitions into the coordinator.
+    pub async fn load_offsets(&self) -> anyhow::Result<()> {
+        let parts: Vec<Rc<Partition>> =
+            self.partitions.borrow().iter().filter(|((t, _), _)| t == OFFSETS_TOPIC).map(|(_, p)| p.clone()).collect();
+        for p in parts {
+            let mut at = p.log_start_offset();
+            let end = p.high_watermark();
+            let mut n = 0usize;
+            while at < end {
+                let batches = p.read(at, 1 << 20).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+                let Some(last) = batches.last() else { break };
+                at = last.header.next_offset() as i64;
+                for b in &batches {
+                    let recs = offsets_log::decode_batches(Bytes::copy_from_slice(&b.payload))?;
+                    n += recs.len();
+                    self.groups.apply(recs);
+                }
+            }
+            if n > 0 {
+                info!(partition = p.index, records = n, core = self.id, "committed offsets loaded");
+            }
+        }
+        Ok(())
+    }
+
+    /// Session and rebalance timers, and offset expiry, for this core's groups.
+    pub async fn group_timers(self: Rc<Self>) {
+        while !self.shutting_down.get() {
+            glommio::timer::sleep(Duration::from_millis(crate::groups::TICK_MS)).await;
+            for (group, records) in self.groups.tick() {
+                if let Err(e) = self.groups.persist(&self, &group, records).await {
+                    warn!(group, error = ?e, "expiring offsets failed");
+                }
             }
         }
     }

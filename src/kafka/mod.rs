@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod api_versions;
 pub mod fetch;
+pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
@@ -146,7 +147,8 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
             }
         };
         let s = shard.clone();
-        let task = glommio::spawn_local(async move { handle_frame(&s, frame).await }).detach();
+        let p = peer.clone();
+        let task = glommio::spawn_local(async move { handle_frame(&s, frame, &p).await }).detach();
         if tx.send(task).await.is_err() {
             break;
         }
@@ -155,7 +157,7 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     writer_task.await;
 }
 
-async fn handle_frame(shard: &Rc<Shard>, mut frame: Bytes) -> Outcome {
+async fn handle_frame(shard: &Rc<Shard>, mut frame: Bytes, peer: &str) -> Outcome {
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -216,6 +218,31 @@ async fn handle_frame(shard: &Rc<Shard>, mut frame: Bytes) -> Outcome {
         RequestKind::InitProducerId(r) => {
             (ResponseKind::InitProducerId(producer_ids::handle(shard, r).await), Vec::new())
         }
+        RequestKind::FindCoordinator(r) => {
+            (ResponseKind::FindCoordinator(groups::find_coordinator(shard, r, version)), Vec::new())
+        }
+        RequestKind::JoinGroup(r) => {
+            let client = header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default();
+            let host = format!("/{}", peer.rsplit_once(':').map_or(peer, |(h, _)| h));
+            (ResponseKind::JoinGroup(groups::join(shard, r, version, client, host).await), Vec::new())
+        }
+        RequestKind::SyncGroup(r) => (ResponseKind::SyncGroup(groups::sync(shard, r, version).await), Vec::new()),
+        RequestKind::Heartbeat(r) => (ResponseKind::Heartbeat(groups::heartbeat(shard, r).await), Vec::new()),
+        RequestKind::LeaveGroup(r) => (ResponseKind::LeaveGroup(groups::leave(shard, r, version).await), Vec::new()),
+        RequestKind::OffsetCommit(r) => {
+            (ResponseKind::OffsetCommit(groups::offset_commit(shard, r, version).await), Vec::new())
+        }
+        RequestKind::OffsetFetch(r) => {
+            (ResponseKind::OffsetFetch(groups::offset_fetch(shard, r, version).await), Vec::new())
+        }
+        RequestKind::ListGroups(r) => {
+            (ResponseKind::ListGroups(groups::list_groups(shard, r, version).await), Vec::new())
+        }
+        RequestKind::DescribeGroups(r) => {
+            (ResponseKind::DescribeGroups(groups::describe_groups(shard, r, version).await), Vec::new())
+        }
+        RequestKind::DeleteGroups(r) => (ResponseKind::DeleteGroups(groups::delete_groups(shard, r).await), Vec::new()),
+        RequestKind::OffsetDelete(r) => (ResponseKind::OffsetDelete(groups::offset_delete(shard, r).await), Vec::new()),
         _ => return Outcome::Close(format!("{api:?} has no handler")),
     };
     encode(header.correlation_id, response_header_version, &body, version, splices)

@@ -197,6 +197,16 @@ macro_rules! for_each_kind {
             ResponseKind::DescribeConfigs($x) => $e,
             ResponseKind::InitProducerId($x) => $e,
             ResponseKind::FindCoordinator($x) => $e,
+            ResponseKind::JoinGroup($x) => $e,
+            ResponseKind::SyncGroup($x) => $e,
+            ResponseKind::Heartbeat($x) => $e,
+            ResponseKind::LeaveGroup($x) => $e,
+            ResponseKind::OffsetCommit($x) => $e,
+            ResponseKind::OffsetFetch($x) => $e,
+            ResponseKind::ListGroups($x) => $e,
+            ResponseKind::DescribeGroups($x) => $e,
+            ResponseKind::DeleteGroups($x) => $e,
+            ResponseKind::OffsetDelete($x) => $e,
             _ => anyhow::bail!("no encoder wired for this response kind"),
         }
     };

@@ -1,0 +1,363 @@
+//! Group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit,
+//! OffsetFetch, ListGroups, DescribeGroups, DeleteGroups, OffsetDelete. Each request is routed to
+//! the core coordinating the group (the owner of its `__consumer_offsets` partition); ListGroups
+//! asks every core. Responses set only fields that exist in the negotiated version.
+
+use std::rc::Rc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::describe_groups_response::DescribedGroup;
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
+use kafka_protocol::messages::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
+    OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{
+    BrokerId, DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetDeleteRequest, OffsetDeleteResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::groups::offsets_log::{Committed, OffsetRecord};
+use crate::groups::{now_ms, MAX_OFFSET_METADATA_BYTES};
+use crate::shard::{GroupCall, GroupReply, Shard};
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+async fn call(shard: &Rc<Shard>, group: &str, c: GroupCall) -> Result<GroupReply, ResponseError> {
+    let core = shard.coordinator_core(group).map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+    shard.group_call(core, c).await.ok_or(ResponseError::CoordinatorNotAvailable)
+}
+
+pub fn find_coordinator(shard: &Rc<Shard>, req: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
+    let (host, port) = shard.config.advertised();
+    let node = BrokerId(shard.config.node_id);
+    let answer = |key: &str| -> Result<(), ResponseError> {
+        if req.key_type != 0 {
+            return Err(ResponseError::CoordinatorNotAvailable); // no transaction coordinator yet
+        }
+        if key.is_empty() {
+            return Err(ResponseError::InvalidGroupId);
+        }
+        shard.coordinator_core(key).map(drop).map_err(|_| ResponseError::CoordinatorNotAvailable)
+    };
+    if version >= 4 {
+        let coordinators = req
+            .coordinator_keys
+            .iter()
+            .map(|k| {
+                let c = Coordinator::default().with_key(k.clone());
+                match answer(k) {
+                    Ok(()) => c.with_node_id(node).with_host(s(&host)).with_port(port),
+                    Err(e) => c.with_node_id(BrokerId(-1)).with_port(-1).with_error_code(e.code()),
+                }
+            })
+            .collect();
+        return FindCoordinatorResponse::default().with_coordinators(coordinators);
+    }
+    match answer(&req.key) {
+        Ok(()) => FindCoordinatorResponse::default().with_node_id(node).with_host(s(&host)).with_port(port),
+        Err(e) => FindCoordinatorResponse::default().with_error_code(e.code()).with_node_id(BrokerId(-1)).with_port(-1),
+    }
+}
+
+pub async fn join(
+    shard: &Rc<Shard>,
+    req: JoinGroupRequest,
+    version: i16,
+    client_id: String,
+    host: String,
+) -> JoinGroupResponse {
+    let group = req.group_id.0.to_string();
+    match call(shard, &group, GroupCall::Join(req, version, client_id, host)).await {
+        Ok(GroupReply::Join(r)) => r,
+        Ok(_) | Err(_) => JoinGroupResponse::default()
+            .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+            .with_generation_id(-1),
+    }
+}
+
+pub async fn sync(shard: &Rc<Shard>, req: SyncGroupRequest, version: i16) -> SyncGroupResponse {
+    let group = req.group_id.0.to_string();
+    match call(shard, &group, GroupCall::Sync(req, version)).await {
+        Ok(GroupReply::Sync(r)) => r,
+        _ => SyncGroupResponse::default().with_error_code(ResponseError::CoordinatorNotAvailable.code()),
+    }
+}
+
+pub async fn heartbeat(shard: &Rc<Shard>, req: HeartbeatRequest) -> HeartbeatResponse {
+    let group = req.group_id.0.to_string();
+    match call(shard, &group, GroupCall::Heartbeat(req)).await {
+        Ok(GroupReply::Heartbeat(r)) => r,
+        _ => HeartbeatResponse::default().with_error_code(ResponseError::CoordinatorNotAvailable.code()),
+    }
+}
+
+pub async fn leave(shard: &Rc<Shard>, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+    let group = req.group_id.0.to_string();
+    match call(shard, &group, GroupCall::Leave(req, version)).await {
+        Ok(GroupReply::Leave(r)) => r,
+        _ => LeaveGroupResponse::default().with_error_code(ResponseError::CoordinatorNotAvailable.code()),
+    }
+}
+
+pub async fn offset_commit(shard: &Rc<Shard>, req: OffsetCommitRequest, _version: i16) -> OffsetCommitResponse {
+    let group = req.group_id.0.to_string();
+    let now = now_ms();
+    let cat = shard.catalog();
+    // Per-partition validation first; the valid ones are written in one batch.
+    let mut codes: Vec<Vec<(i32, Option<ResponseError>)>> = Vec::new();
+    let mut records = Vec::new();
+    for t in &req.topics {
+        let topic = t.name.0.to_string();
+        let meta = cat.topics.get(&topic);
+        let mut parts = Vec::new();
+        for p in &t.partitions {
+            let metadata = p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default();
+            let exists = meta.is_some_and(|m| p.partition_index >= 0 && (p.partition_index as usize) < m.shards.len());
+            let code = if !exists {
+                Some(ResponseError::UnknownTopicOrPartition)
+            } else if metadata.len() > MAX_OFFSET_METADATA_BYTES {
+                Some(ResponseError::OffsetMetadataTooLarge)
+            } else {
+                records.push(OffsetRecord {
+                    group: group.clone(),
+                    topic: topic.clone(),
+                    partition: p.partition_index,
+                    value: Some(Committed {
+                        offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
+                        metadata,
+                        commit_timestamp_ms: now,
+                    }),
+                });
+                None
+            };
+            parts.push((p.partition_index, code));
+        }
+        codes.push(parts);
+    }
+    let outcome = match call(
+        shard,
+        &group,
+        GroupCall::Commit {
+            group: group.clone(),
+            generation: req.generation_id_or_member_epoch,
+            member: req.member_id.to_string(),
+            records,
+        },
+    )
+    .await
+    {
+        Ok(GroupReply::Commit(r)) => r,
+        Ok(_) => Err(ResponseError::UnknownServerError),
+        Err(e) => Err(e),
+    };
+    let topics = req
+        .topics
+        .iter()
+        .zip(codes)
+        .map(|(t, parts)| {
+            let partitions = parts
+                .into_iter()
+                .map(|(index, code)| {
+                    let code = code.or(outcome.err()).map(|e| e.code()).unwrap_or(0);
+                    OffsetCommitResponsePartition::default().with_partition_index(index).with_error_code(code)
+                })
+                .collect();
+            OffsetCommitResponseTopic::default().with_name(t.name.clone()).with_partitions(partitions)
+        })
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+async fn fetch_group(
+    shard: &Rc<Shard>,
+    group: &str,
+    wanted: Option<Vec<(String, i32)>>,
+) -> Result<Vec<(String, i32, Option<Committed>)>, ResponseError> {
+    match call(shard, group, GroupCall::FetchOffsets { group: group.to_string(), wanted }).await? {
+        GroupReply::Offsets(o) => Ok(o),
+        _ => Err(ResponseError::UnknownServerError),
+    }
+}
+
+/// A topic's committed offsets, by partition (`None`: nothing committed).
+type TopicOffsets = (String, Vec<(i32, Option<Committed>)>);
+
+/// Groups consecutive (topic, partition, committed) rows by topic, keeping order.
+fn by_topic(rows: Vec<(String, i32, Option<Committed>)>) -> Vec<TopicOffsets> {
+    let mut out: Vec<TopicOffsets> = Vec::new();
+    for (t, p, c) in rows {
+        match out.last_mut() {
+            Some((name, parts)) if *name == t => parts.push((p, c)),
+            _ => out.push((t, vec![(p, c)])),
+        }
+    }
+    out
+}
+
+pub async fn offset_fetch(shard: &Rc<Shard>, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+    let epoch = |c: &Option<Committed>| if version >= 5 { c.as_ref().map_or(-1, |c| c.leader_epoch) } else { -1 };
+    if version >= 8 {
+        let mut groups = Vec::new();
+        for g in req.groups {
+            let group = g.group_id.0.to_string();
+            let wanted = g.topics.map(|ts| {
+                ts.iter().flat_map(|t| t.partition_indexes.iter().map(move |p| (t.name.0.to_string(), *p))).collect()
+            });
+            let r = OffsetFetchResponseGroup::default().with_group_id(g.group_id);
+            groups.push(match fetch_group(shard, &group, wanted).await {
+                Err(e) => r.with_error_code(e.code()),
+                Ok(rows) => r.with_topics(
+                    by_topic(rows)
+                        .into_iter()
+                        .map(|(t, parts)| {
+                            OffsetFetchResponseTopics::default().with_name(TopicName(s(&t))).with_partitions(
+                                parts
+                                    .into_iter()
+                                    .map(|(p, c)| {
+                                        OffsetFetchResponsePartitions::default()
+                                            .with_partition_index(p)
+                                            .with_committed_offset(c.as_ref().map_or(-1, |c| c.offset))
+                                            .with_committed_leader_epoch(epoch(&c))
+                                            .with_metadata(Some(s(c.as_ref().map_or("", |c| c.metadata.as_str()))))
+                                    })
+                                    .collect(),
+                            )
+                        })
+                        .collect(),
+                ),
+            });
+        }
+        return OffsetFetchResponse::default().with_groups(groups);
+    }
+    let group = req.group_id.0.to_string();
+    let wanted = req.topics.map(|ts| {
+        ts.iter().flat_map(|t| t.partition_indexes.iter().map(move |p| (t.name.0.to_string(), *p))).collect()
+    });
+    match fetch_group(shard, &group, wanted).await {
+        Err(e) => OffsetFetchResponse::default().with_error_code(if version >= 2 { e.code() } else { 0 }),
+        Ok(rows) => OffsetFetchResponse::default().with_topics(
+            by_topic(rows)
+                .into_iter()
+                .map(|(t, parts)| {
+                    OffsetFetchResponseTopic::default().with_name(TopicName(s(&t))).with_partitions(
+                        parts
+                            .into_iter()
+                            .map(|(p, c)| {
+                                OffsetFetchResponsePartition::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(c.as_ref().map_or(-1, |c| c.offset))
+                                    .with_committed_leader_epoch(epoch(&c))
+                                    .with_metadata(Some(s(c.as_ref().map_or("", |c| c.metadata.as_str()))))
+                            })
+                            .collect(),
+                    )
+                })
+                .collect(),
+        ),
+    }
+}
+
+pub async fn list_groups(shard: &Rc<Shard>, req: ListGroupsRequest, version: i16) -> ListGroupsResponse {
+    let states: Vec<String> = req.states_filter.iter().map(|x| x.to_string()).collect();
+    let mut groups = Vec::new();
+    for core in 0..shard.cores {
+        if let Some(GroupReply::List(l)) = shard.group_call(core, GroupCall::List(states.clone())).await {
+            groups.extend(l);
+        }
+    }
+    let groups = groups
+        .into_iter()
+        .map(|g| {
+            let g = if version >= 4 { g } else { g.with_group_state(StrBytes::default()) };
+            if version >= 5 {
+                g
+            } else {
+                g.with_group_type(StrBytes::default())
+            }
+        })
+        .collect();
+    ListGroupsResponse::default().with_groups(groups)
+}
+
+pub async fn describe_groups(shard: &Rc<Shard>, req: DescribeGroupsRequest, version: i16) -> DescribeGroupsResponse {
+    let mut out = Vec::new();
+    for g in req.groups {
+        let group = g.0.to_string();
+        out.push(match call(shard, &group, GroupCall::Describe(group.clone(), version)).await {
+            Ok(GroupReply::Describe(d)) => {
+                if req.include_authorized_operations || version < 3 {
+                    d
+                } else {
+                    d.with_authorized_operations(i32::MIN)
+                }
+            }
+            _ => DescribedGroup::default()
+                .with_group_id(g)
+                .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+                .with_authorized_operations(i32::MIN),
+        });
+    }
+    DescribeGroupsResponse::default().with_groups(out)
+}
+
+pub async fn delete_groups(shard: &Rc<Shard>, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+    let mut results = Vec::new();
+    for g in req.groups_names {
+        let group = g.0.to_string();
+        let code = match call(shard, &group, GroupCall::Delete(group.clone())).await {
+            Ok(GroupReply::Code(c)) => c,
+            Ok(_) => ResponseError::UnknownServerError.code(),
+            Err(e) => e.code(),
+        };
+        results.push(DeletableGroupResult::default().with_group_id(GroupId(s(&group))).with_error_code(code));
+    }
+    DeleteGroupsResponse::default().with_results(results)
+}
+
+pub async fn offset_delete(shard: &Rc<Shard>, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+    let group = req.group_id.0.to_string();
+    let partitions: Vec<(String, i32)> = req
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), p.partition_index)))
+        .collect();
+    let (code, per) = match call(shard, &group, GroupCall::OffsetDelete { group: group.clone(), partitions }).await {
+        Ok(GroupReply::OffsetDelete(code, per)) => (code, per),
+        Ok(_) => (ResponseError::UnknownServerError.code(), Vec::new()),
+        Err(e) => (e.code(), Vec::new()),
+    };
+    if code != 0 {
+        return OffsetDeleteResponse::default().with_error_code(code);
+    }
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let name = t.name.0.to_string();
+            OffsetDeleteResponseTopic::default().with_name(t.name.clone()).with_partitions(
+                t.partitions
+                    .iter()
+                    .map(|p| {
+                        let c =
+                            per.iter().find(|(tn, pi, _)| *tn == name && *pi == p.partition_index).map_or(0, |x| x.2);
+                        OffsetDeleteResponsePartition::default()
+                            .with_partition_index(p.partition_index)
+                            .with_error_code(c)
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    OffsetDeleteResponse::default().with_topics(topics)
+}
