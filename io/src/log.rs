@@ -537,7 +537,9 @@ impl Log {
             ((seg.base + u64::from(rel)).max(st.log_start_offset), st.next_offset)
         };
         while offset < end {
-            let batches = self.read(offset, 1 << 20).await?;
+            // The time index lands within about an interval of the match: read that much at a time.
+            let step = (2 * self.shared().config.index_interval_bytes) as usize;
+            let batches = self.read(offset, step).await?;
             if batches.is_empty() {
                 break;
             }
