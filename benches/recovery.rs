@@ -69,7 +69,9 @@ fn recovery(c: &mut Criterion) {
                     let t = Instant::now();
                     let log = Log::open(&path, config()).await.expect("open");
                     total += t.elapsed();
-                    assert_eq!(log.recovery_report().batches_verified, TAIL_BYTES / BATCH_BYTES as u64);
+                    // Up to the whole tail (less when it crossed a segment roll, which checkpoints).
+                    let verified = log.recovery_report().batches_verified;
+                    assert!(verified > 0 && verified <= TAIL_BYTES / BATCH_BYTES as u64, "verified {verified}");
                     // Keep the log at ~1 GiB.
                     log.apply_retention(i64::MIN).await.expect("retention");
                     log.close().await.expect("close");
