@@ -505,3 +505,123 @@ pub mod wire {
         }
     }
 }
+
+/// Client processes that a test acts on while they run: their stdout reaches the test line by line as
+/// it is printed (a `python3 -u` consumer reporting progress), so the test can kill them mid-stream.
+pub mod live {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::sync::{mpsc, Arc, Mutex};
+
+    /// Largest stderr kept for failure messages; older output is dropped first.
+    const MAX_STDERR_BYTES: usize = 64 * 1024;
+
+    /// A running child whose stdout lines arrive on a channel; stderr is kept for failure messages.
+    /// SIGKILLed on drop if still running.
+    pub struct LiveProcess {
+        child: Option<Child>,
+        what: String,
+        lines: mpsc::Receiver<String>,
+        stderr: Arc<Mutex<String>>,
+    }
+
+    impl LiveProcess {
+        /// `python3 -u -c SCRIPT ARGS...` (unbuffered, so each print is seen when it happens).
+        pub fn python(script: &str, args: &[&str]) -> LiveProcess {
+            let mut cmd = Command::new("python3");
+            cmd.arg("-u").arg("-c").arg(script).args(args);
+            LiveProcess::spawn(cmd, "python3 -u -c <script>")
+        }
+
+        pub fn spawn(mut cmd: Command, what: &str) -> LiveProcess {
+            let mut child = cmd
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {what}: {e} (run scripts/install-test-deps)"));
+            let out = child.stdout.take().expect("piped stdout");
+            let mut err = child.stderr.take().expect("piped stderr");
+            let (line_tx, lines) = mpsc::channel();
+            thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if line_tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            let stderr = Arc::new(Mutex::new(String::new()));
+            let sink = stderr.clone();
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut kept = sink.lock().expect("stderr buffer");
+                    kept.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    if kept.len() > MAX_STDERR_BYTES {
+                        let cut = kept.len() - MAX_STDERR_BYTES;
+                        let cut = (cut..kept.len()).find(|&i| kept.is_char_boundary(i)).unwrap_or(kept.len());
+                        kept.drain(..cut);
+                    }
+                }
+            });
+            LiveProcess { child: Some(child), what: what.to_string(), lines, stderr }
+        }
+
+        /// The next stdout line if one has been printed, without waiting.
+        pub fn try_line(&self) -> Option<String> {
+            self.lines.try_recv().ok()
+        }
+
+        /// Waits until `deadline` for the next stdout line; `None` at the deadline or once stdout is closed
+        /// and drained.
+        pub fn line_before(&self, deadline: Instant) -> Option<String> {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.lines.recv_timeout(left).ok()
+        }
+
+        /// Every line still to come, until stdout closes (the process exited or was killed) or `timeout`.
+        pub fn remaining_lines(&self, timeout: Duration) -> Vec<String> {
+            let deadline = Instant::now() + timeout;
+            let mut rest = Vec::new();
+            while let Some(line) = self.line_before(deadline) {
+                rest.push(line);
+            }
+            rest
+        }
+
+        /// The exit status if the process has ended, without waiting.
+        pub fn try_exit_status(&mut self) -> Option<ExitStatus> {
+            self.child.as_mut().and_then(|child| child.try_wait().expect("try_wait on a client process"))
+        }
+
+        /// SIGKILL and reap: the process gets no chance to close connections or leave a group cleanly.
+        /// Panics if it had already exited (a test that kills a client mid-stream must find it running).
+        pub fn kill9(&mut self) {
+            let mut child = self.child.take().expect("kill9: process already reaped");
+            if let Some(status) = child.try_wait().expect("try_wait on a client process") {
+                panic!("{} exited ({status}) before it was to be killed; stderr:\n{}", self.what, self.stderr());
+            }
+            child.kill().expect("SIGKILL a client process");
+            let status = child.wait().expect("wait for the killed client process");
+            assert_eq!(status.signal(), Some(libc::SIGKILL), "{} ended otherwise than by SIGKILL: {status}", self.what);
+        }
+
+        /// What the process wrote to stderr so far (the last `MAX_STDERR_BYTES`).
+        pub fn stderr(&self) -> String {
+            self.stderr.lock().expect("stderr buffer").clone()
+        }
+    }
+
+    impl Drop for LiveProcess {
+        fn drop(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
