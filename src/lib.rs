@@ -9,6 +9,7 @@ pub mod config;
 pub mod groups;
 pub mod kafka;
 pub mod partition;
+pub mod producer_state;
 pub mod server;
 pub mod shard;
 pub mod topics;

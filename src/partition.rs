@@ -5,17 +5,19 @@
 //! Single node: the in-sync replica set is this broker alone, so the high watermark is the log end
 //! offset once a write completed (and, under `flush.messages=1`, was fsync'ed).
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
 
 use bytes::Bytes;
 use event_listener::Event;
 use kafka_protocol::error::ResponseError;
-use sluice_io::{Log, StoredBatch};
-use tracing::warn;
+use sluice_io::{Admission, Log, StoredBatch};
+use tracing::{info, warn};
 
 use crate::config::TopicSettings;
-use crate::kafka::record_batch::{self, BatchError};
+use crate::kafka::record_batch::{self, BatchError, BatchInfo};
+use crate::producer_state::{ProducerStates, Refusal};
 
 /// Leader epoch stamped into stored batches (single node: always 0 until replication).
 pub const LEADER_EPOCH: i32 = 0;
@@ -71,6 +73,8 @@ pub struct Partition {
     settings: TopicSettings,
     /// Notified after every successful append (long-poll fetches wait on it).
     data_arrived: Event,
+    /// Idempotent producers writing to this partition.
+    producers: RefCell<ProducerStates>,
 }
 
 impl Partition {
@@ -85,7 +89,15 @@ impl Partition {
         if report.truncation.is_some() || !report.indexes_rebuilt.is_empty() {
             warn!(topic, partition = index, ?report, "partition recovered with repairs");
         }
-        Ok(Rc::new(Partition { topic: topic.to_string(), index, log, settings, data_arrived: Event::new() }))
+        let producers = rebuild_producers(&log, dir).await?;
+        Ok(Rc::new(Partition {
+            topic: topic.to_string(),
+            index,
+            log,
+            settings,
+            data_arrived: Event::new(),
+            producers: RefCell::new(producers),
+        }))
     }
 
     pub fn high_watermark(&self) -> i64 {
@@ -106,17 +118,87 @@ impl Partition {
         let batches = record_batch::split_and_validate(records, self.settings.max_message_bytes)?;
         let mut first = None;
         for (info, bytes) in batches {
-            let appended = self
-                .log
-                .append_with(info.offset_count(), info.max_timestamp, |base| {
-                    let (stamped, crc) = record_batch::stamp(&bytes, &info, base, LEADER_EPOCH);
-                    (stamped, Some(crc))
-                })
-                .await?;
-            first.get_or_insert(appended.base_offset as i64);
+            let base = if info.producer_id >= 0 && info.base_sequence >= 0 {
+                self.append_idempotent(&info, &bytes).await?
+            } else {
+                let appended = self
+                    .log
+                    .append_with(info.offset_count(), info.max_timestamp, |base| {
+                        let (stamped, crc) = record_batch::stamp(&bytes, &info, base, LEADER_EPOCH);
+                        (stamped, Some(crc))
+                    })
+                    .await?;
+                appended.base_offset as i64
+            };
+            first.get_or_insert(base);
         }
         self.data_arrived.notify(usize::MAX);
         Ok(Produced { base_offset: first.expect("at least one batch"), log_start_offset: self.log_start_offset() })
+    }
+
+    /// Appends a batch of an idempotent producer, unless it is a duplicate (then the original's
+    /// offset is returned once the original is written) or out of sequence.
+    async fn append_idempotent(&self, info: &BatchInfo, bytes: &Bytes) -> Result<i64, PartitionError> {
+        let now = crate::groups::now_ms();
+        let mut reserved = None;
+        let outcome = self
+            .log
+            .append_or_reject(info.offset_count(), info.max_timestamp, |base| {
+                let check = self.producers.borrow_mut().check_and_reserve(
+                    info.producer_id,
+                    info.producer_epoch,
+                    info.base_sequence,
+                    info.offset_count(),
+                    base as i64,
+                    now,
+                );
+                match check {
+                    Ok(completion) => {
+                        reserved = Some(completion);
+                        let (stamped, crc) = record_batch::stamp(bytes, info, base, LEADER_EPOCH);
+                        Admission::Append(stamped, Some(crc))
+                    }
+                    Err(refusal) => Admission::Reject(refusal),
+                }
+            })
+            .await;
+        match outcome {
+            Ok(Ok(appended)) => {
+                if let Some(c) = &reserved {
+                    c.complete(true);
+                }
+                Ok(appended.base_offset as i64)
+            }
+            Ok(Err(Refusal::Duplicate { base_offset, completion })) => {
+                if completion.wait().await {
+                    Ok(base_offset)
+                } else {
+                    // The original failed: the client retries, and the retry is a new append.
+                    Err(PartitionError::new(
+                        ResponseError::KafkaStorageError,
+                        "the original of this retried batch failed",
+                    ))
+                }
+            }
+            Ok(Err(Refusal::OutOfOrder(m))) => Err(PartitionError::new(ResponseError::OutOfOrderSequenceNumber, m)),
+            Ok(Err(Refusal::Fenced(m))) => Err(PartitionError::new(ResponseError::InvalidProducerEpoch, m)),
+            Err(e) => {
+                if let Some(c) = &reserved {
+                    self.producers.borrow_mut().fail(info.producer_id, c);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Snapshots producer state (bounding the rebuild on the next open) and expires idle ids.
+    pub async fn snapshot_producers(&self) -> Result<(), sluice_io::Error> {
+        let expired = self.producers.borrow_mut().expire(crate::groups::now_ms());
+        if expired > 0 {
+            info!(topic = %self.topic, partition = self.index, expired, "producer ids expired");
+        }
+        let snap = self.producers.borrow().snapshot(self.high_watermark());
+        ProducerStates::save(&snap, self.dir()).await
     }
 
     /// Stored batches from the one holding `offset`, up to `max_bytes` (the first batch whole even
@@ -181,10 +263,47 @@ impl Partition {
     }
 
     pub async fn close(&self) -> Result<(), sluice_io::Error> {
+        if let Err(e) = self.snapshot_producers().await {
+            warn!(topic = %self.topic, partition = self.index, error = %e, "producer snapshot failed");
+        }
         self.log.close().await
     }
 
     pub fn dir(&self) -> &Path {
         self.log.dir()
     }
+}
+
+/// Producer state from the snapshot (if any) plus every batch after it in the log.
+async fn rebuild_producers(log: &Log, dir: &Path) -> Result<ProducerStates, sluice_io::Error> {
+    let start = log.log_start_offset();
+    let end = log.next_offset();
+    let (mut states, mut at) = match ProducerStates::load(dir).await {
+        Some((s, from)) if (start as i64..=end as i64).contains(&from) => (s, from as u64),
+        _ => (ProducerStates::default(), start),
+    };
+    let mut replayed = 0u64;
+    while at < end {
+        let batches = log.read(at, 1 << 20).await?;
+        let Some(last) = batches.last() else { break };
+        at = last.header.next_offset();
+        for b in &batches {
+            let Ok(info) = record_batch::parse_header(&b.payload) else { continue };
+            if info.producer_id >= 0 && info.base_sequence >= 0 {
+                states.replay(
+                    info.producer_id,
+                    info.producer_epoch,
+                    info.base_sequence,
+                    info.offset_count(),
+                    b.header.base_offset as i64,
+                    info.max_timestamp,
+                );
+                replayed += 1;
+            }
+        }
+    }
+    if replayed > 0 || !states.is_empty() {
+        info!(dir = %dir.display(), producers = states.len(), replayed, "producer state rebuilt");
+    }
+    Ok(states)
 }

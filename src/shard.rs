@@ -670,6 +670,16 @@ impl Shard {
         }
     }
 
+    /// Snapshots idempotent-producer state of this core's partitions (bounds rebuild at start-up).
+    pub async fn snapshot_producers(&self) {
+        let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        for p in parts {
+            if let Err(e) = p.snapshot_producers().await {
+                warn!(topic = %p.topic, partition = p.index, error = %e, "producer snapshot failed");
+            }
+        }
+    }
+
     /// Closes every partition (flush + checkpoint).
     pub async fn close_all(&self) {
         let parts: Vec<Rc<Partition>> = self.partitions.borrow_mut().drain().map(|(_, p)| p).collect();

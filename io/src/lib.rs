@@ -23,5 +23,5 @@ pub use batch::{BatchHeader, FRAME_MAGIC, HEADER_LEN, MAX_PAYLOAD_LEN};
 pub use checkpoint::{LogCheckpoint, CHECKPOINT_FILE};
 pub use config::{Durability, LogConfig, MAX_SEGMENT_BYTES};
 pub use error::{Error, Result};
-pub use log::{AppendBatch, Appended, BatchBytes, Log, LogStats, StoredBatch, LOCK_FILE};
+pub use log::{Admission, AppendBatch, Appended, BatchBytes, Log, LogStats, StoredBatch, LOCK_FILE};
 pub use recovery::{RecoveryReport, Truncation};

@@ -41,6 +41,14 @@ pub struct AppendBatch {
     pub payload: Bytes,
 }
 
+/// What an `append_or_reject` builder decides once it knows the base offset.
+pub enum Admission<R> {
+    /// Append this payload (with its CRC32C when the caller has it).
+    Append(Bytes, Option<u32>),
+    /// Do not append; the reason goes back to the caller.
+    Reject(R),
+}
+
 /// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -306,6 +314,26 @@ impl Log {
         max_timestamp: i64,
         build: impl FnOnce(u64) -> (Bytes, Option<u32>),
     ) -> Result<Appended> {
+        let admitted = self
+            .append_or_reject::<std::convert::Infallible>(record_count, max_timestamp, |base| {
+                let (payload, crc) = build(base);
+                Admission::Append(payload, crc)
+            })
+            .await?;
+        Ok(admitted.unwrap_or_else(|never| match never {}))
+    }
+
+    /// Like [`Log::append_with`], but `build` may refuse the batch after seeing its base offset
+    /// (e.g. a duplicate or out-of-order producer sequence): then nothing is queued, no offset is
+    /// used, and the refusal is returned as `Ok(Err(reason))`. `build` runs synchronously with the
+    /// offset assignment, so a check it makes and the append it admits cannot be interleaved with
+    /// another append.
+    pub async fn append_or_reject<R>(
+        &self,
+        record_count: u32,
+        max_timestamp: i64,
+        build: impl FnOnce(u64) -> Admission<R>,
+    ) -> Result<std::result::Result<Appended, R>> {
         if record_count == 0 {
             return Err(Error::InvalidBatch("record_count must be >= 1".into()));
         }
@@ -313,7 +341,10 @@ impl Log {
         let sh = self.shared();
         // No await from here until the request is queued: offsets follow queue order.
         let base = sh.state.borrow().assigned_offset;
-        let (payload, crc) = build(base);
+        let (payload, crc) = match build(base) {
+            Admission::Append(p, c) => (p, c),
+            Admission::Reject(r) => return Ok(Err(r)),
+        };
         if payload.len() > sh.config.max_batch_bytes {
             return Err(Error::BatchTooLarge { size: payload.len(), limit: sh.config.max_batch_bytes });
         }
@@ -328,7 +359,7 @@ impl Log {
             reply,
         });
         sh.work.notify(1);
-        rx.await.map_err(|_| Error::Closed { path: sh.dir.clone() })?
+        rx.await.map_err(|_| Error::Closed { path: sh.dir.clone() })?.map(Ok)
     }
 
     /// `Ok(true)` when an append (or, with `exclusive`, a control op) may be queued now.
