@@ -258,6 +258,19 @@ impl Partition {
         Ok(best)
     }
 
+    /// Kafka DeleteRecords: `offset` -1 means the high watermark. Returns the new low watermark.
+    pub async fn delete_records(&self, offset: i64) -> Result<i64, PartitionError> {
+        let hw = self.high_watermark();
+        let target = if offset == -1 { hw } else { offset };
+        if target < 0 || target > hw {
+            return Err(PartitionError::new(
+                ResponseError::OffsetOutOfRange,
+                format!("offset {offset} is outside [{}, {hw}]", self.log_start_offset()),
+            ));
+        }
+        Ok(self.log.delete_records_before(target as u64).await? as i64)
+    }
+
     pub async fn apply_retention(&self, now_ms: i64) -> Result<u64, PartitionError> {
         Ok(self.log.apply_retention(now_ms).await?)
     }

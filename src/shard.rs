@@ -63,6 +63,7 @@ pub enum CoreRequest {
     WaitForData { topic: String, partition: i32, offset: i64, timeout: Duration },
     ListOffset { topic: String, partition: i32, timestamp: i64 },
     Watermarks { topic: String, partition: i32 },
+    DeleteRecords { topic: String, partition: i32, offset: i64 },
     CreateTopics { topics: Vec<NewTopic>, validate_only: bool },
     DeleteTopics { names: Vec<String> },
     CreatePartitions { topics: Vec<(String, i32)>, validate_only: bool },
@@ -105,6 +106,7 @@ pub enum CoreReply {
     Waited,
     ListOffset(Result<Option<(i64, i64)>, PartitionError>),
     Watermarks(Result<(i64, i64), PartitionError>),
+    DeleteRecords(Result<i64, PartitionError>),
     Topics(Vec<TopicOutcome>),
     ProducerId(Result<i64, PartitionError>),
     Group(GroupReply),
@@ -294,6 +296,12 @@ impl Shard {
             }
             CoreRequest::Watermarks { topic, partition } => {
                 CoreReply::Watermarks(self.local(&topic, partition).map(|p| (p.log_start_offset(), p.high_watermark())))
+            }
+            CoreRequest::DeleteRecords { topic, partition, offset } => {
+                CoreReply::DeleteRecords(match self.local(&topic, partition) {
+                    Ok(p) => p.delete_records(offset).await,
+                    Err(e) => Err(e),
+                })
             }
             CoreRequest::CreateTopics { topics, validate_only } => {
                 CoreReply::Topics(self.create_topics(topics, validate_only).await)

@@ -104,6 +104,7 @@ enum Control {
     Roll,
     Truncate(u64),
     Retention(i64),
+    AdvanceStart(u64),
     Checkpoint,
     Flush,
     Close,
@@ -423,6 +424,12 @@ impl Log {
     /// `now_ms`) or `retention_bytes`; never the active segment. Returns the number deleted.
     pub async fn apply_retention(&self, now_ms: i64) -> Result<u64> {
         self.control(Control::Retention(now_ms)).await
+    }
+
+    /// Makes `offset` the first readable offset (Kafka DeleteRecords), durably; segments wholly
+    /// below it are deleted. Offsets above the log end are out of range. Returns the log start.
+    pub async fn delete_records_before(&self, offset: u64) -> Result<u64> {
+        self.control(Control::AdvanceStart(offset)).await
     }
 
     /// fdatasyncs, persists the active segment's index and writes the recovery checkpoint.
@@ -1027,6 +1034,7 @@ async fn run_control(sh: &Rc<Shared>, op: Control) -> Result<u64> {
         }
         Control::Truncate(offset) => truncate(sh, offset).await.map(|()| 0),
         Control::Retention(now) => retention(sh, now).await,
+        Control::AdvanceStart(offset) => advance_start(sh, offset).await,
     }
 }
 
@@ -1195,6 +1203,41 @@ async fn retention(sh: &Rc<Shared>, now_ms: i64) -> Result<u64> {
     sync_dir(&sh.dir).await?;
     debug!(dir = %sh.dir.display(), deleted = doomed.len(), new_start, "retention deleted segments");
     Ok(doomed.len() as u64)
+}
+
+/// Moves the log start to `offset` (Kafka DeleteRecords): persisted first, then segments wholly
+/// below it are deleted. Returns the new log start.
+async fn advance_start(sh: &Rc<Shared>, offset: u64) -> Result<u64> {
+    let (start, next) = {
+        let st = sh.state.borrow();
+        (st.log_start_offset, st.next_offset)
+    };
+    if offset > next {
+        return Err(Error::OffsetOutOfRange { offset, log_start: start, next_offset: next });
+    }
+    if offset <= start {
+        return Ok(start);
+    }
+    let doomed: Vec<u64> = {
+        let mut st = sh.state.borrow_mut();
+        let active = *st.segments.keys().next_back().expect("active segment");
+        let doomed: Vec<u64> =
+            st.segments.iter().filter(|(b, s)| **b != active && s.next_offset <= offset).map(|(b, _)| *b).collect();
+        st.log_start_offset = offset;
+        st.cache.drop_before(offset);
+        for b in &doomed {
+            st.segments.remove(b);
+        }
+        doomed
+    };
+    write_checkpoint(sh).await?;
+    for b in &doomed {
+        delete_segment_files(&sh.dir, *b).await?;
+    }
+    if !doomed.is_empty() {
+        sync_dir(&sh.dir).await?;
+    }
+    Ok(offset)
 }
 
 impl Log {

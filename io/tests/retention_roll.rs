@@ -203,3 +203,31 @@ fn disk_full_fails_appends_cleanly() {
         log.abandon().await.unwrap();
     });
 }
+
+#[test]
+fn delete_records_moves_the_log_start_durably() {
+    let dir = temp_dir();
+    let p = path_of(&dir);
+    run(move || async move {
+        let log = Log::open(&p, cfg()).await.unwrap();
+        for seq in 0..30u64 {
+            log.append(batch(seq, 1000, 2, 0)).await.unwrap();
+        }
+        let segs = log.segment_bases().len();
+        assert_eq!(log.delete_records_before(31).await.unwrap(), 31);
+        assert_eq!(log.log_start_offset(), 31);
+        assert!(log.segment_bases().len() < segs, "segments wholly below the start are deleted");
+        assert!(matches!(log.read(29, 100).await, Err(Error::OffsetOutOfRange { .. })));
+        // The batch holding offset 31 (offsets 30, 31) is still returned whole.
+        assert_eq!(log.read(31, 100).await.unwrap()[0].header.base_offset, 30);
+        // Never backwards; never past the end.
+        assert_eq!(log.delete_records_before(5).await.unwrap(), 31);
+        assert!(log.delete_records_before(61).await.is_err());
+        log.abandon().await.unwrap();
+        let log = Log::open(&p, cfg()).await.unwrap();
+        assert_eq!(log.log_start_offset(), 31);
+        assert_eq!(log.delete_records_before(60).await.unwrap(), 60);
+        assert!(log.read(60, 100).await.unwrap().is_empty());
+        log.close().await.unwrap();
+    });
+}

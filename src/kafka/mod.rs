@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod api_versions;
+pub mod delete_records;
 pub mod fetch;
 pub mod groups;
 pub mod list_offsets;
@@ -242,6 +243,9 @@ async fn handle_frame(shard: &Rc<Shard>, mut frame: Bytes, peer: &str) -> Outcom
             (ResponseKind::DescribeGroups(groups::describe_groups(shard, r, version).await), Vec::new())
         }
         RequestKind::DeleteGroups(r) => (ResponseKind::DeleteGroups(groups::delete_groups(shard, r).await), Vec::new()),
+        RequestKind::DeleteRecords(r) => {
+            (ResponseKind::DeleteRecords(delete_records::handle(shard, r).await), Vec::new())
+        }
         RequestKind::OffsetDelete(r) => (ResponseKind::OffsetDelete(groups::offset_delete(shard, r).await), Vec::new()),
         _ => return Outcome::Close(format!("{api:?} has no handler")),
     };

@@ -207,6 +207,7 @@ macro_rules! for_each_kind {
             ResponseKind::DescribeGroups($x) => $e,
             ResponseKind::DeleteGroups($x) => $e,
             ResponseKind::OffsetDelete($x) => $e,
+            ResponseKind::DeleteRecords($x) => $e,
             _ => anyhow::bail!("no encoder wired for this response kind"),
         }
     };
