@@ -144,7 +144,7 @@ impl LogFixture {
     fn open(name: &str, config: LogConfig) -> LogFixture {
         let ex = executor();
         let dir = bench_dir(name);
-        let log = ex.run(open(dir.path(), config.clone()));
+        let log = ex.run(open(dir.path(), config));
         LogFixture { log, config, ex, _dir: dir }
     }
 
@@ -153,7 +153,7 @@ impl LogFixture {
         let LogFixture { log, config, ex, _dir } = self;
         let log = ex.run(async {
             close(log).await;
-            open(_dir.path(), config.clone()).await
+            open(_dir.path(), config).await
         });
         LogFixture { log, config, ex, _dir }
     }
@@ -342,7 +342,7 @@ fn bench_append(c: &mut Criterion) {
             let id = format!("{}/{name}", size_name(size));
             g.bench_function(&id, |b| {
                 let f = fixture.get_or_init(|| {
-                    let f = LogFixture::open("append", config.clone());
+                    let f = LogFixture::open("append", config);
                     take_disk_io(&f.ex);
                     f
                 });

@@ -70,7 +70,7 @@ pub struct Partition {
     pub topic: String,
     pub index: i32,
     log: Log,
-    settings: TopicSettings,
+    settings: RefCell<TopicSettings>,
     /// Notified after every successful append (long-poll fetches wait on it).
     data_arrived: Event,
     /// Idempotent producers writing to this partition.
@@ -94,7 +94,7 @@ impl Partition {
             topic: topic.to_string(),
             index,
             log,
-            settings,
+            settings: RefCell::new(settings),
             data_arrived: Event::new(),
             producers: RefCell::new(producers),
         }))
@@ -108,14 +108,26 @@ impl Partition {
         self.log.log_start_offset() as i64
     }
 
-    pub fn settings(&self) -> &TopicSettings {
-        &self.settings
+    pub fn settings(&self) -> TopicSettings {
+        self.settings.borrow().clone()
+    }
+
+    /// Applies changed topic configs to the open partition (retention, roll, flush policy, limits).
+    pub fn update_settings(&self, settings: TopicSettings) -> Result<(), sluice_io::Error> {
+        let mut config = settings.log_config();
+        // Keep what is not a topic setting as the log was opened with.
+        let current = self.log.config();
+        config.tail_cache_bytes = current.tail_cache_bytes;
+        config.checkpoint_interval_ms = current.checkpoint_interval_ms;
+        self.log.set_config(config)?;
+        *self.settings.borrow_mut() = settings;
+        Ok(())
     }
 
     /// Validates and appends every batch of a Produce request's records. Returns once written
     /// (and synced per the topic's flush policy): that is acks=1 and, on a single node, acks=all.
     pub async fn produce(&self, records: &Bytes) -> Result<Produced, PartitionError> {
-        let batches = record_batch::split_and_validate(records, self.settings.max_message_bytes)?;
+        let batches = record_batch::split_and_validate(records, self.settings.borrow().max_message_bytes)?;
         let mut first = None;
         for (info, bytes) in batches {
             let base = if info.producer_id >= 0 && info.base_sequence >= 0 {

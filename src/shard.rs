@@ -39,6 +39,18 @@ pub struct NewTopic {
     pub configs: Vec<(String, String)>,
 }
 
+/// A change to one topic's config overrides.
+#[derive(Debug, Clone)]
+pub struct TopicConfigChange {
+    pub topic: String,
+    /// AlterConfigs: the overrides become exactly `set`.
+    pub replace: bool,
+    /// IncrementalAlterConfigs SET (and AlterConfigs' entries).
+    pub set: Vec<(String, String)>,
+    /// IncrementalAlterConfigs DELETE: back to the broker default.
+    pub delete: Vec<String>,
+}
+
 /// Result of a catalog change for one topic.
 #[derive(Debug, Clone)]
 pub struct TopicOutcome {
@@ -68,6 +80,7 @@ pub enum CoreRequest {
     DeleteTopics { names: Vec<String> },
     CreatePartitions { topics: Vec<(String, i32)>, validate_only: bool },
     AllocateProducerId,
+    AlterTopicConfigs { changes: Vec<TopicConfigChange>, validate_only: bool },
     CatalogChanged(Arc<TopicTable>),
     Group(Box<GroupCall>),
 }
@@ -311,6 +324,9 @@ impl Shard {
                 CoreReply::Topics(self.create_partitions(topics, validate_only).await)
             }
             CoreRequest::AllocateProducerId => CoreReply::ProducerId(self.allocate_producer_id().await),
+            CoreRequest::AlterTopicConfigs { changes, validate_only } => {
+                CoreReply::Topics(self.alter_topic_configs(changes, validate_only).await)
+            }
             CoreRequest::CatalogChanged(table) => {
                 self.apply_catalog(table).await;
                 CoreReply::Done
@@ -477,9 +493,6 @@ impl Shard {
         }
         for (t, p) in wanted {
             let key = (t.name.clone(), p);
-            if self.partitions.borrow().contains_key(&key) {
-                continue;
-            }
             let settings = match TopicSettings::resolve(&self.config, &t.configs) {
                 Ok(s) => s,
                 Err(e) => {
@@ -487,6 +500,15 @@ impl Shard {
                     TopicSettings::resolve(&self.config, &[]).expect("broker defaults are valid")
                 }
             };
+            let open = self.partitions.borrow().get(&key).cloned();
+            if let Some(part) = open {
+                if part.settings() != settings {
+                    if let Err(e) = part.update_settings(settings) {
+                        error!(topic = %t.name, partition = p, error = %e, "cannot apply new topic config");
+                    }
+                }
+                continue;
+            }
             let dir = topics::partition_dir(&data_dir, &t.name, p);
             match Partition::open(&dir, &t.name, p, settings).await {
                 Ok(part) => {
@@ -633,6 +655,54 @@ impl Shard {
                 changed = true;
             }
             out.push(TopicOutcome { name, id: t.id, error: None, partitions: count });
+        }
+        if changed {
+            if let Err(e) = self.publish(table).await {
+                for o in out.iter_mut().filter(|o| o.error.is_none()) {
+                    o.error = Some((ResponseError::KafkaStorageError, e.message.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Applies config changes to topics (validated against the broker defaults first).
+    async fn alter_topic_configs(
+        self: &Rc<Self>,
+        changes: Vec<TopicConfigChange>,
+        validate_only: bool,
+    ) -> Vec<TopicOutcome> {
+        assert_eq!(self.id, CATALOG_CORE, "catalog changes run on the catalog core");
+        let _permit = self.catalog_lock.acquire_permit(1).await;
+        let mut table = (*self.catalog()).clone();
+        let mut out = Vec::new();
+        let mut changed = false;
+        for c in changes {
+            let Some(meta) = table.topics.get(&c.topic).cloned() else {
+                out.push(TopicOutcome {
+                    error: Some((ResponseError::UnknownTopicOrPartition, format!("Topic {} does not exist", c.topic))),
+                    name: c.topic,
+                    id: [0; 16],
+                    partitions: 0,
+                });
+                continue;
+            };
+            let mut configs = if c.replace { Vec::new() } else { meta.configs.clone() };
+            configs.retain(|(k, _)| !c.delete.contains(k) && !c.set.iter().any(|(s, _)| s == k));
+            configs.extend(c.set.iter().cloned());
+            let outcome =
+                TopicOutcome { name: c.topic.clone(), id: meta.id, error: None, partitions: meta.shards.len() as i32 };
+            if let Err(msg) = TopicSettings::resolve(&self.config, &configs) {
+                out.push(TopicOutcome { error: Some((ResponseError::InvalidConfig, msg)), ..outcome });
+                continue;
+            }
+            if !validate_only && configs != meta.configs {
+                let mut m = (*meta).clone();
+                m.configs = configs;
+                table.topics.insert(c.topic.clone(), Arc::new(m));
+                changed = true;
+            }
+            out.push(outcome);
         }
         if changed {
             if let Err(e) = self.publish(table).await {

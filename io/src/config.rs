@@ -17,8 +17,8 @@ pub enum Durability {
     Never,
 }
 
-/// Settings of a [`crate::Log`].
-#[derive(Debug, Clone)]
+/// Settings of a [`crate::Log`]. Can be changed while the log is open ([`crate::Log::set_config`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LogConfig {
     /// Roll to a new segment once the active one holds this many bytes (Kafka `segment.bytes`).
     pub segment_bytes: u64,

@@ -150,7 +150,7 @@ struct State {
 
 struct Shared {
     dir: PathBuf,
-    config: LogConfig,
+    config: Cell<LogConfig>,
     state: RefCell<State>,
     queue: RefCell<VecDeque<Request>>,
     /// Wakes the writer.
@@ -238,7 +238,7 @@ impl Log {
         };
         let shared = Rc::new(Shared {
             dir,
-            config,
+            config: Cell::new(config),
             state: RefCell::new(state),
             queue: RefCell::new(VecDeque::new()),
             work: Event::new(),
@@ -268,6 +268,21 @@ impl Log {
     /// What recovery found and did when this log was opened.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.shared().report
+    }
+
+    /// Changes the configuration of the open log (Kafka's dynamic topic configs): retention, roll,
+    /// durability and limits apply from the next operation; the tail cache keeps its size.
+    pub fn set_config(&self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        self.shared().config.set(config);
+        // A policy change may move the writer's next deadline.
+        self.shared().work.notify(1);
+        Ok(())
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> LogConfig {
+        self.shared().config.get()
     }
 
     /// Counters since open.
@@ -346,8 +361,8 @@ impl Log {
             Admission::Append(p, c) => (p, c),
             Admission::Reject(r) => return Ok(Err(r)),
         };
-        if payload.len() > sh.config.max_batch_bytes {
-            return Err(Error::BatchTooLarge { size: payload.len(), limit: sh.config.max_batch_bytes });
+        if payload.len() > sh.config.get().max_batch_bytes {
+            return Err(Error::BatchTooLarge { size: payload.len(), limit: sh.config.get().max_batch_bytes });
         }
         sh.state.borrow_mut().assigned_offset = base + u64::from(record_count);
         let (reply, rx) = oneshot::channel();
@@ -373,7 +388,7 @@ impl Log {
         if let Some(cause) = &st.poisoned {
             return Err(Error::Poisoned { path: sh.dir.clone(), cause: cause.clone() });
         }
-        Ok(!st.exclusive && (exclusive || sh.queue.borrow().len() < sh.config.max_pending_appends))
+        Ok(!st.exclusive && (exclusive || sh.queue.borrow().len() < sh.config.get().max_pending_appends))
     }
 
     async fn wait_for_room(&self, exclusive: bool) -> Result<()> {
@@ -499,7 +514,7 @@ impl Log {
             let (_, pos) = seg.index.lookup_offset(rel);
             (seg.file.clone(), seg.path.clone(), u64::from(pos), seg.size, seg.base)
         };
-        let interval = sh.config.index_interval_bytes as usize;
+        let interval = sh.config.get().index_interval_bytes as usize;
         let want = ((limit - start_pos) as usize).min(interval + max_bytes.max(1) + 2 * HEADER_LEN);
         let mut buf = Segment::read_exact(&file, &path, start_pos, want).await?;
         let mut buf_pos = start_pos;
@@ -576,7 +591,7 @@ impl Log {
         };
         while offset < end {
             // The time index lands within about an interval of the match: read that much at a time.
-            let step = (2 * self.shared().config.index_interval_bytes) as usize;
+            let step = (2 * self.shared().config.get().index_interval_bytes) as usize;
             let batches = self.read(offset, step).await?;
             if batches.is_empty() {
                 break;
@@ -683,11 +698,11 @@ async fn writer_loop(sh: Rc<Shared>) {
 /// recovery point forward.
 fn deadlines(sh: &Shared) -> (Option<Instant>, Option<Instant>) {
     let st = sh.state.borrow();
-    let sync_at = match (sh.config.durability, st.dirty_since) {
+    let sync_at = match (sh.config.get().durability, st.dirty_since) {
         (Durability::Interval(d), Some(t)) => Some(t + d),
         _ => None,
     };
-    let checkpoint_at = match sh.config.checkpoint_interval_ms {
+    let checkpoint_at = match sh.config.get().checkpoint_interval_ms {
         Some(ms) if st.next_offset > st.checkpointed_offset && st.poisoned.is_none() => {
             Some(st.last_checkpoint + Duration::from_millis(ms))
         }
@@ -731,7 +746,7 @@ async fn process(sh: &Rc<Shared>, reqs: Vec<Request>) {
                 };
                 let frame = header.frame_len();
                 let roll = needs_roll(sh, group_bytes, &header);
-                if (roll || group_bytes + frame > sh.config.max_write_bytes) && !group.is_empty() {
+                if (roll || group_bytes + frame > sh.config.get().max_write_bytes) && !group.is_empty() {
                     if let Err(e) = write_group(sh, std::mem::take(&mut group), &mut done).await {
                         failed = Some(fail_group(sh, e));
                     }
@@ -801,7 +816,7 @@ async fn finish(sh: &Rc<Shared>, done: &mut Vec<(oneshot::Sender<Result<Appended
         return;
     }
     let mut result = Ok(());
-    match sh.config.durability {
+    match sh.config.get().durability {
         Durability::Always => result = sync_active(sh).await,
         Durability::Interval(d) => {
             if sh.state.borrow().dirty_since.is_some_and(|t| t.elapsed() >= d) {
@@ -822,14 +837,14 @@ fn needs_roll(sh: &Shared, group_bytes: usize, h: &BatchHeader) -> bool {
     if size == 0 {
         return false;
     }
-    if size + h.frame_len() as u64 > sh.config.segment_bytes {
+    if size + h.frame_len() as u64 > sh.config.get().segment_bytes {
         return true;
     }
     // Offsets relative to the segment base must fit the index's u32.
     if h.last_offset() - active.base > u64::from(u32::MAX) {
         return true;
     }
-    match (sh.config.segment_ms, active.first_timestamp) {
+    match (sh.config.get().segment_ms, active.first_timestamp) {
         (Some(ms), Some(first)) => h.max_timestamp.saturating_sub(first) > ms as i64,
         _ => false,
     }
@@ -887,7 +902,7 @@ async fn write_group(
     stats.bytes_written += (total - tail.len()) as u64;
     sh.stats.set(stats);
     let mut st = sh.state.borrow_mut();
-    let interval = sh.config.index_interval_bytes;
+    let interval = sh.config.get().index_interval_bytes;
     let st = &mut *st;
     let seg = st.segments.values_mut().next_back().expect("active segment");
     for p in group {
@@ -1169,8 +1184,9 @@ async fn retention(sh: &Rc<Shared>, now_ms: i64) -> Result<u64> {
             if *b == active {
                 break;
             }
-            let by_time = sh.config.retention_ms.is_some_and(|ms| seg.max_timestamp < now_ms.saturating_sub(ms as i64));
-            let by_size = sh.config.retention_bytes.is_some_and(|limit| total.saturating_sub(seg.size) >= limit);
+            let by_time =
+                sh.config.get().retention_ms.is_some_and(|ms| seg.max_timestamp < now_ms.saturating_sub(ms as i64));
+            let by_size = sh.config.get().retention_bytes.is_some_and(|limit| total.saturating_sub(seg.size) >= limit);
             if !(by_time || by_size) {
                 break;
             }

@@ -148,7 +148,7 @@ fn sealed_segments_with_damaged_index(damage: impl FnOnce(&Path)) -> sluice_io::
     let dir = temp_dir();
     let p = path_of(&dir);
     let cfg = LogConfig { segment_bytes: 16 * 1024, index_interval_bytes: 512, ..LogConfig::default() };
-    let cfg2 = cfg.clone();
+    let cfg2 = cfg;
     let bases = run(move || async move {
         let log = Log::open(&p, cfg).await.unwrap();
         for seq in 0..N {

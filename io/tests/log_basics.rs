@@ -94,7 +94,7 @@ fn periodic_checkpoint_bounds_recovery_after_a_crash() {
     let p = path_of(&dir);
     run(move || async move {
         let cfg = LogConfig { checkpoint_interval_ms: Some(1), ..LogConfig::default() };
-        let log = Log::open(&p, cfg.clone()).await.unwrap();
+        let log = Log::open(&p, cfg).await.unwrap();
         for seq in 0..20u64 {
             log.append(batch(seq, 1000, 1, 0)).await.unwrap();
         }

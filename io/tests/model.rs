@@ -275,7 +275,7 @@ async fn apply(log: &mut Log, model: &mut Model, config: &mut LogConfig, op: &Op
 
 /// Opens the log again after `close` or `abandon`: nothing may be cut, lost or changed.
 async fn reopen(log: &mut Log, model: &Model, config: &LogConfig) -> Result<(), String> {
-    *log = Log::open(log.dir().to_path_buf(), config.clone()).await.map_err(|e| format!("reopen: {e}"))?;
+    *log = Log::open(log.dir().to_path_buf(), *config).await.map_err(|e| format!("reopen: {e}"))?;
     let r = log.recovery_report();
     ensure!(r.truncation.is_none(), "reopen after a clean stop cut the log: {r:?}");
     ensure!(r.checkpoint_problem.is_none() && r.segments_deleted.is_empty(), "reopen: {r:?}");
@@ -288,7 +288,7 @@ fn run_case(mut config: LogConfig, ops: Vec<Op>) -> Result<(), String> {
     let dir = temp_dir();
     let path = dir.path().to_path_buf();
     run(move || async move {
-        let mut log = Log::open(&path, config.clone()).await.map_err(|e| format!("open: {e}"))?;
+        let mut log = Log::open(&path, config).await.map_err(|e| format!("open: {e}"))?;
         let mut model = Model::default();
         for (step, op) in ops.iter().enumerate() {
             let fail = |e: String| format!("step {step} ({op:?}): {e}");
@@ -410,7 +410,7 @@ fn read_past_a_large_unindexed_batch(between: Between) {
     let path = dir.path().to_path_buf();
     run(move || async move {
         let cfg = LogConfig { index_interval_bytes: 512, tail_cache_bytes: 0, ..LogConfig::default() };
-        let mut log = Log::open(&path, cfg.clone()).await.unwrap();
+        let mut log = Log::open(&path, cfg).await.unwrap();
         log.append(append_batch(&BatchSpec { len: 10, record_count: 1, max_timestamp: 0 }, 0)).await.unwrap();
         log.append(append_batch(&BatchSpec { len: 6000, record_count: 1, max_timestamp: 0 }, 1)).await.unwrap();
         match between {

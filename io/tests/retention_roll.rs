@@ -44,7 +44,7 @@ fn retention_by_size_and_age_moves_the_log_start() {
     let p = path_of(&dir);
     run(move || async move {
         let conf = LogConfig { retention_bytes: Some(20 * 1024), retention_ms: Some(10_000), ..cfg() };
-        let log = Log::open(&p, conf.clone()).await.unwrap();
+        let log = Log::open(&p, conf).await.unwrap();
         // 40 batches of ~1 KiB, timestamps 0..40 s: about 6 segments of 7 batches.
         for seq in 0..40u64 {
             log.append(batch(seq, 1000, 1, seq as i64 * 1000)).await.unwrap();
@@ -158,7 +158,7 @@ fn disk_full_fails_appends_cleanly() {
     let logdir = mnt.join("log");
     let conf = LogConfig { segment_bytes: 64 << 20, durability: Durability::Always, ..LogConfig::default() };
     let (acked, err) = run({
-        let (logdir, conf, filler) = (logdir.clone(), conf.clone(), filler.clone());
+        let (logdir, conf, filler) = (logdir.clone(), conf, filler.clone());
         move || async move {
             let log = Log::open(&logdir, conf).await.unwrap();
             let mut acked = 0u64;

@@ -4,18 +4,21 @@
 use std::rc::Rc;
 
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResponse;
 use kafka_protocol::messages::{
-    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse, TopicName,
+    AlterConfigsRequest, AlterConfigsResponse, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
 use crate::config::{TopicSettings, TOPIC_CONFIGS};
-use crate::shard::{CoreReply, CoreRequest, NewTopic, Shard, TopicOutcome, CATALOG_CORE};
+use crate::shard::{CoreReply, CoreRequest, NewTopic, Shard, TopicConfigChange, TopicOutcome, CATALOG_CORE};
 
 /// DescribeConfigs resource types.
 const RESOURCE_TOPIC: i8 = 2;
@@ -240,4 +243,129 @@ pub fn describe_configs(shard: &Rc<Shard>, req: DescribeConfigsRequest) -> Descr
         })
         .collect();
     DescribeConfigsResponse::default().with_results(results)
+}
+
+/// One resource's requested change, already split into our terms.
+enum AlterTarget {
+    Topic(TopicConfigChange),
+    Refused(ResponseError, String),
+}
+
+fn alter_target(resource_type: i8, name: &str, replace: bool, ops: Vec<(String, i8, Option<String>)>) -> AlterTarget {
+    if resource_type == RESOURCE_BROKER {
+        return AlterTarget::Refused(
+            ResponseError::InvalidRequest,
+            "broker configs are read from the config file at start; they cannot be changed at runtime".into(),
+        );
+    }
+    if resource_type != RESOURCE_TOPIC {
+        return AlterTarget::Refused(
+            ResponseError::InvalidRequest,
+            format!("resource type {resource_type} is not supported"),
+        );
+    }
+    let mut change = TopicConfigChange { topic: name.to_string(), replace, set: Vec::new(), delete: Vec::new() };
+    for (key, op, value) in ops {
+        match (op, value) {
+            (0, Some(v)) => change.set.push((key, v)),
+            (0, None) | (1, _) => change.delete.push(key),
+            (2 | 3, _) => {
+                return AlterTarget::Refused(
+                    ResponseError::InvalidConfig,
+                    format!(
+                        "{key}: APPEND and SUBTRACT apply to list configs; none of this broker's topic configs is one"
+                    ),
+                )
+            }
+            (other, _) => {
+                return AlterTarget::Refused(ResponseError::InvalidRequest, format!("unknown config operation {other}"))
+            }
+        }
+    }
+    AlterTarget::Topic(change)
+}
+
+/// Per resource: (type, name, error).
+type AlterResult = (i8, StrBytes, Option<(ResponseError, String)>);
+
+async fn alter(shard: &Rc<Shard>, targets: Vec<(i8, StrBytes, AlterTarget)>, validate_only: bool) -> Vec<AlterResult> {
+    let changes: Vec<TopicConfigChange> = targets
+        .iter()
+        .filter_map(|(_, _, t)| if let AlterTarget::Topic(c) = t { Some(c.clone()) } else { None })
+        .collect();
+    let mut outcomes = if changes.is_empty() {
+        Vec::new()
+    } else {
+        catalog_call(shard, CoreRequest::AlterTopicConfigs { changes, validate_only }).await
+    }
+    .into_iter();
+    targets
+        .into_iter()
+        .map(|(rtype, name, t)| {
+            let error = match t {
+                AlterTarget::Refused(code, msg) => Some((code, msg)),
+                AlterTarget::Topic(_) => match outcomes.next() {
+                    Some(o) => o.error,
+                    None => Some((ResponseError::UnknownServerError, "catalog core did not answer".into())),
+                },
+            };
+            (rtype, name, error)
+        })
+        .collect()
+}
+
+pub async fn alter_configs(shard: &Rc<Shard>, req: AlterConfigsRequest) -> AlterConfigsResponse {
+    let targets = req
+        .resources
+        .into_iter()
+        .map(|r| {
+            let ops =
+                r.configs.iter().map(|c| (c.name.to_string(), 0i8, c.value.as_ref().map(|v| v.to_string()))).collect();
+            let t = alter_target(r.resource_type, r.resource_name.as_str(), true, ops);
+            (r.resource_type, r.resource_name, t)
+        })
+        .collect();
+    let responses = alter(shard, targets, req.validate_only)
+        .await
+        .into_iter()
+        .map(|(rtype, name, error)| {
+            let r = AlterConfigsResourceResponse::default().with_resource_type(rtype).with_resource_name(name);
+            match error {
+                Some((code, msg)) => r.with_error_code(code.code()).with_error_message(Some(s(msg))),
+                None => r,
+            }
+        })
+        .collect();
+    AlterConfigsResponse::default().with_responses(responses)
+}
+
+pub async fn incremental_alter_configs(
+    shard: &Rc<Shard>,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let targets = req
+        .resources
+        .into_iter()
+        .map(|r| {
+            let ops = r
+                .configs
+                .iter()
+                .map(|c| (c.name.to_string(), c.config_operation, c.value.as_ref().map(|v| v.to_string())))
+                .collect();
+            let t = alter_target(r.resource_type, r.resource_name.as_str(), false, ops);
+            (r.resource_type, r.resource_name, t)
+        })
+        .collect();
+    let responses = alter(shard, targets, req.validate_only)
+        .await
+        .into_iter()
+        .map(|(rtype, name, error)| {
+            let r = IncrementalResponse::default().with_resource_type(rtype).with_resource_name(name);
+            match error {
+                Some((code, msg)) => r.with_error_code(code.code()).with_error_message(Some(s(msg))),
+                None => r,
+            }
+        })
+        .collect();
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
 }

@@ -246,6 +246,10 @@ async fn handle_frame(shard: &Rc<Shard>, mut frame: Bytes, peer: &str) -> Outcom
         RequestKind::DeleteRecords(r) => {
             (ResponseKind::DeleteRecords(delete_records::handle(shard, r).await), Vec::new())
         }
+        RequestKind::AlterConfigs(r) => (ResponseKind::AlterConfigs(admin::alter_configs(shard, r).await), Vec::new()),
+        RequestKind::IncrementalAlterConfigs(r) => {
+            (ResponseKind::IncrementalAlterConfigs(admin::incremental_alter_configs(shard, r).await), Vec::new())
+        }
         RequestKind::OffsetDelete(r) => (ResponseKind::OffsetDelete(groups::offset_delete(shard, r).await), Vec::new()),
         _ => return Outcome::Close(format!("{api:?} has no handler")),
     };

@@ -208,6 +208,8 @@ macro_rules! for_each_kind {
             ResponseKind::DeleteGroups($x) => $e,
             ResponseKind::OffsetDelete($x) => $e,
             ResponseKind::DeleteRecords($x) => $e,
+            ResponseKind::AlterConfigs($x) => $e,
+            ResponseKind::IncrementalAlterConfigs($x) => $e,
             _ => anyhow::bail!("no encoder wired for this response kind"),
         }
     };
