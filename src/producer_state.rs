@@ -119,6 +119,9 @@ impl ProducerStates {
         if epoch < p.epoch {
             return Err(Refusal::Fenced(format!("producer {pid}: epoch {epoch} is older than {}", p.epoch)));
         }
+        // A producer this partition has no batches of (new here, expired, its batches removed by
+        // retention, or its last write failed) may continue at any sequence, as in Kafka (KIP-360).
+        let unknown = p.batches.is_empty() && epoch == p.epoch;
         if epoch > p.epoch {
             if first_seq != 0 {
                 return Err(Refusal::OutOfOrder(format!(
@@ -132,7 +135,7 @@ impl ProducerStates {
             return Err(Refusal::Duplicate { base_offset: b.base_offset, completion: b.completion.clone() });
         }
         let expected = p.batches.back().map_or(0, |b| next_seq(b.last_seq));
-        if first_seq != expected {
+        if first_seq != expected && !unknown {
             return Err(Refusal::OutOfOrder(format!(
                 "producer {pid} epoch {epoch}: expected sequence {expected}, got {first_seq}"
             )));
@@ -303,6 +306,9 @@ mod tests {
             _ => panic!("duplicate expected"),
         }
         assert!(matches!(reserve(&mut s, 0, 11, 1, 110), Err(Refusal::OutOfOrder(_))));
+        // A producer with no batches here may start anywhere.
+        assert!(s.check_and_reserve(8, 0, 500, 1, 0, 0).is_ok());
+        assert!(matches!(s.check_and_reserve(8, 0, 502, 1, 0, 0), Err(Refusal::OutOfOrder(_))));
         assert!(matches!(reserve(&mut s, 1, 3, 1, 110), Err(Refusal::OutOfOrder(_))));
         assert!(reserve(&mut s, 1, 0, 1, 110).is_ok());
         assert!(matches!(reserve(&mut s, 0, 10, 1, 111), Err(Refusal::Fenced(_))));

@@ -79,6 +79,7 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     let ready = Arc::new(AtomicUsize::new(0));
+    let startup = Arc::new(std::sync::Barrier::new(cores));
     let requests = MeshBuilder::<Envelope, _>::full(cores, config.cross_core_channel_capacity);
     let replies = MeshBuilder::<ReplyEnvelope, _>::full(cores, config.cross_core_channel_capacity);
     let mut handles = Vec::with_capacity(cores);
@@ -87,13 +88,14 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
             Some(c) => Placement::Fixed(c.id),
             None => Placement::Unbound,
         };
-        let (config, table, stop, ready) = (config.clone(), table.clone(), stop.clone(), ready.clone());
+        let (config, table, stop, ready, startup) =
+            (config.clone(), table.clone(), stop.clone(), ready.clone(), startup.clone());
         let (requests, replies) = (requests.clone(), replies.clone());
         let h = LocalExecutorBuilder::new(placement)
             .name(&format!("sluice-core-{i}"))
             .io_memory(config.io_memory_bytes)
             .spawn(move || async move {
-                let res = core_main(i, cores, config, table, requests, replies, stop.clone(), ready).await;
+                let res = core_main(i, cores, config, table, requests, replies, stop.clone(), ready, startup).await;
                 if let Err(e) = &res {
                     error!(core = i, error = %e, "core failed; stopping the broker");
                     stop.store(true, Ordering::SeqCst);
@@ -130,6 +132,7 @@ async fn core_main(
     replies: MeshBuilder<ReplyEnvelope, glommio::channels::channel_mesh::Full>,
     stop: Arc<AtomicBool>,
     ready: Arc<AtomicUsize>,
+    startup: Arc<std::sync::Barrier>,
 ) -> anyhow::Result<()> {
     let (req_tx, req_rx) = requests.join().await.map_err(|_| anyhow::anyhow!("joining the request mesh"))?;
     let (rep_tx, rep_rx) = replies.join().await.map_err(|_| anyhow::anyhow!("joining the reply mesh"))?;
@@ -138,6 +141,10 @@ async fn core_main(
     shard.apply_catalog(table).await;
     shard.load_offsets().await?;
     glommio::spawn_local(shard.clone().group_timers()).detach();
+    // No core takes client connections before every core has opened its partitions and loaded
+    // its groups: a request forwarded to a core still starting would see a half-built state.
+    // Nothing else runs on the cores yet, so blocking this thread here is harmless.
+    startup.wait();
     let listener = TcpListener::bind(&config.listen).map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
     if ready.fetch_add(1, Ordering::SeqCst) + 1 == cores {
         info!(cores, "listening on {}", config.listen);

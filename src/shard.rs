@@ -154,6 +154,8 @@ pub struct Shard {
     next_call: Cell<u64>,
     /// Serialises catalog changes (core 0 only).
     catalog_lock: Semaphore,
+    /// Serialises applying catalog snapshots on this core.
+    apply_lock: Semaphore,
     /// Producer ids reserved by the persisted catalog and not yet handed out (core 0 only).
     producer_ids: Cell<(i64, i64)>,
     pub shutdown: Event,
@@ -183,6 +185,7 @@ impl Shard {
             pending: RefCell::new(HashMap::new()),
             next_call: Cell::new(0),
             catalog_lock: Semaphore::new(1),
+            apply_lock: Semaphore::new(1),
             producer_ids: Cell::new((next, next)),
             shutdown: Event::new(),
             shutting_down: Cell::new(false),
@@ -463,8 +466,14 @@ impl Shard {
         Ok(RemoteRead { batches, high_watermark: p.high_watermark(), log_start_offset: p.log_start_offset() })
     }
 
-    /// Opens partitions newly assigned to this core and closes/deletes removed ones.
+    /// Adopts `table` (unless this core already has a newer one), then opens partitions newly
+    /// assigned to this core and closes/deletes removed ones. Serialised per core.
     pub async fn apply_catalog(&self, table: Arc<TopicTable>) {
+        let _permit = self.apply_lock.acquire_permit(1).await;
+        if table.version < self.catalog.borrow().version {
+            return;
+        }
+        *self.catalog.borrow_mut() = table.clone();
         let data_dir = self.config.data_dir.clone();
         let mut wanted: Vec<(Arc<TopicMeta>, i32)> = Vec::new();
         for t in table.topics.values() {
@@ -518,11 +527,11 @@ impl Shard {
                 Err(e) => error!(topic = %t.name, partition = p, error = %e, "cannot open partition"),
             }
         }
-        *self.catalog.borrow_mut() = table;
     }
 
     /// Persists `table` and makes every core apply it; returns once all have.
-    async fn publish(self: &Rc<Self>, table: TopicTable) -> Result<(), PartitionError> {
+    async fn publish(self: &Rc<Self>, mut table: TopicTable) -> Result<(), PartitionError> {
+        table.version = self.catalog.borrow().version + 1;
         topics::save(&self.config.data_dir, &table).await?;
         let table = Arc::new(table);
         for core in 0..self.cores {

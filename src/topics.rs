@@ -40,6 +40,9 @@ pub struct Catalog {
 /// An immutable snapshot of the catalog as every core sees it.
 #[derive(Debug, Clone, Default)]
 pub struct TopicTable {
+    /// Increases with every published change (in this process): a core never goes back to an
+    /// older table, whatever order the broadcasts are applied in.
+    pub version: u64,
     pub cluster_id: String,
     pub topics: BTreeMap<String, Arc<TopicMeta>>,
     pub next_producer_id: i64,
@@ -48,6 +51,7 @@ pub struct TopicTable {
 impl TopicTable {
     pub fn from_catalog(c: Catalog) -> Self {
         TopicTable {
+            version: 0,
             cluster_id: c.cluster_id,
             next_producer_id: c.next_producer_id,
             topics: c.topics.into_iter().map(|t| (t.name.clone(), Arc::new(t))).collect(),

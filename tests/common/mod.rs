@@ -625,3 +625,42 @@ pub mod live {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Appended for tests/idempotence.rs.
+
+/// The broker's log line when the last of its cores is ready (catalog applied, partitions open,
+/// listener bound). The harness's readiness probe is answered as soon as any one core listens.
+const ALL_CORES_LISTENING_LOG: &str = "sluice::server: listening on";
+/// The broker's first log line of each run.
+const BROKER_STARTING_LOG: &str = "sluice::server: starting";
+
+impl Broker {
+    /// Waits until every core of the current run is ready: the log shows as many "listening on" lines
+    /// (written by the last core to get ready) as "starting" lines (one per run). Panics with the log
+    /// tail after `BROKER_READY_TIMEOUT`.
+    pub fn wait_until_all_cores_listening(&mut self) {
+        let deadline = Instant::now() + BROKER_READY_TIMEOUT;
+        loop {
+            self.assert_running();
+            let text = fs::read_to_string(&self.log_path).unwrap_or_default();
+            let starts = text.matches(BROKER_STARTING_LOG).count();
+            if starts > 0 && text.matches(ALL_CORES_LISTENING_LOG).count() >= starts {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not all cores listening {BROKER_READY_TIMEOUT:?} after start; log tail:\n{}",
+                self.log_tail()
+            );
+            thread::sleep(PROCESS_POLL_INTERVAL);
+        }
+    }
+
+    /// Changes `--cores` for the next `restart` (the data directory stays). Partitions keep the core
+    /// they were placed on, so a broker grown from one core to two has every older partition on core 0.
+    pub fn set_cores_for_restart(&mut self, cores: usize) {
+        assert!(self.child.is_none(), "set_cores_for_restart: stop the broker first (kill9 or terminate)");
+        self.cores = cores;
+    }
+}
