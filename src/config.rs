@@ -38,6 +38,9 @@ pub struct BrokerConfig {
     pub cross_core_channel_capacity: usize,
     /// glommio DMA memory per executor.
     pub io_memory_bytes: usize,
+    /// Retention and producer-state snapshots run this often on every core (Kafka
+    /// `log.retention.check.interval.ms`, 5 min there).
+    pub retention_check_interval_ms: u64,
     /// Partitions of `__consumer_offsets`, fixed when the topic is first created
     /// (Kafka `offsets.topic.num.partitions`, default 50 there).
     pub offsets_topic_partitions: u32,
@@ -94,6 +97,7 @@ impl Default for BrokerConfig {
             max_fetch_wait_ms: 30_000,
             cross_core_channel_capacity: 1024,
             io_memory_bytes: 8 << 20,
+            retention_check_interval_ms: 60_000,
             offsets_topic_partitions: 16,
             log: TopicDefaults::default(),
         }
@@ -120,6 +124,7 @@ impl BrokerConfig {
         anyhow::ensure!(self.max_inflight_requests_per_connection >= 1, "max_inflight_requests_per_connection >= 1");
         anyhow::ensure!(self.default_partitions >= 1, "default_partitions must be >= 1");
         anyhow::ensure!(self.cross_core_channel_capacity >= 1, "cross_core_channel_capacity >= 1");
+        anyhow::ensure!(self.retention_check_interval_ms >= 10, "retention_check_interval_ms must be >= 10");
         anyhow::ensure!(
             (1..=crate::topics::MAX_PARTITIONS_PER_TOPIC).contains(&self.offsets_topic_partitions),
             "offsets_topic_partitions must be in [1, {}]",

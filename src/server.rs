@@ -24,9 +24,6 @@ use crate::topics::{self, TopicTable};
 const SIGNAL_POLL_MS: u64 = 50;
 /// How long shutdown waits for open connections to finish their in-flight requests.
 const DRAIN_TIMEOUT_MS: u64 = 10_000;
-/// Retention and producer-state snapshots run this often on every core (Kafka
-/// `log.retention.check.interval.ms` is 5 min; its producer snapshots happen on segment roll).
-const RETENTION_CHECK_INTERVAL_MS: u64 = 60_000;
 
 /// Runs the broker until a signal; returns when every core has shut down cleanly.
 pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
@@ -164,7 +161,7 @@ async fn core_main(
         loop {
             let stopped = futures_lite::future::or(
                 async {
-                    glommio::timer::sleep(Duration::from_millis(RETENTION_CHECK_INTERVAL_MS)).await;
+                    glommio::timer::sleep(Duration::from_millis(s.config.retention_check_interval_ms)).await;
                     false
                 },
                 async {
