@@ -38,7 +38,8 @@ print(json.dumps(out))
 
 #[test]
 fn retention_by_bytes_and_by_time_moves_the_log_start() {
-    let options = BrokerOptions { config_toml: Some("retention_check_interval_ms = 200\n".into()), ..Default::default() };
+    let options =
+        BrokerOptions { config_toml: Some("retention_check_interval_ms = 200\n".into()), ..Default::default() };
     let broker = Broker::start_with(options);
     let (a, b, k) = (unique_topic("ret-bytes"), unique_topic("ret-time"), unique_topic("ret-keep"));
     let out = run_python_json(SCRIPT, &[&broker.bootstrap(), &a, &b, &k], b"");
