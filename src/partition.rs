@@ -240,16 +240,29 @@ impl Partition {
 
     /// The first offset whose record timestamp is >= `ts`, with that timestamp (Kafka ListOffsets).
     pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, PartitionError> {
-        let Some((base, _)) = self.log.offset_for_timestamp(ts).await? else { return Ok(None) };
         // The engine answers per batch; look inside the batch for the exact record.
-        let batches = self.log.read(base, 1).await?;
-        let Some(b) = batches.first() else { return Ok(None) };
-        if let Some(exact) = record_batch::first_record_at_or_after(&b.payload, ts) {
-            return Ok(Some(exact));
+        let Some(b) = self.log.batch_for_timestamp(ts).await? else { return Ok(None) };
+        let start = self.log_start_offset();
+        if let Some(found) = exact_or_batch(&b, ts, start) {
+            return Ok(Some(found));
         }
-        // Compressed batch: the batch's base offset and max timestamp are the best answer without
-        // decompressing (the records before the match are returned too; consumers skip them).
-        Ok(Some((b.header.base_offset as i64, b.header.max_timestamp)))
+        // Every qualifying record of that batch lies below the log start (DeleteRecords cut into
+        // it): the answer is in a later batch.
+        let mut at = b.header.next_offset();
+        let end = self.log.next_offset();
+        while at < end {
+            let batches = self.log.read(at, 64 << 10).await?;
+            if batches.is_empty() {
+                break;
+            }
+            for nb in &batches {
+                if nb.header.max_timestamp >= ts {
+                    return Ok(exact_or_batch(nb, ts, start));
+                }
+                at = nb.header.next_offset();
+            }
+        }
+        Ok(None)
     }
 
     /// Largest timestamp and its batch's last offset (ListOffsets MAX_TIMESTAMP, -3).
@@ -297,6 +310,17 @@ impl Partition {
     pub fn dir(&self) -> &Path {
         self.log.dir()
     }
+}
+
+/// The first record at or above `start` with a timestamp >= `ts` in an uncompressed batch; for a
+/// compressed batch its base offset (clamped to `start`) and max timestamp, the best answer without
+/// decompressing (records before the match are returned too; consumers skip them).
+fn exact_or_batch(b: &StoredBatch, ts: i64, start: i64) -> Option<(i64, i64)> {
+    let compressed = record_batch::parse_header(&b.payload).map_or(true, |h| h.compression() != 0);
+    if compressed {
+        return Some(((b.header.base_offset as i64).max(start), b.header.max_timestamp));
+    }
+    record_batch::first_record_at_or_after(&b.payload, ts, start)
 }
 
 /// Producer state from the snapshot (if any) plus every batch after it in the log.

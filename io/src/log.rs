@@ -577,6 +577,13 @@ impl Log {
     /// The first batch whose max timestamp is >= `ts`: (its base offset, its max timestamp).
     /// `None` when every batch is older.
     pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(u64, i64)>> {
+        let start = self.log_start_offset();
+        Ok(self.batch_for_timestamp(ts).await?.map(|b| (b.header.base_offset.max(start), b.header.max_timestamp)))
+    }
+
+    /// The first batch whose max timestamp is >= `ts`, whole (callers that understand the payload
+    /// look inside it for the exact record without reading it again).
+    pub async fn batch_for_timestamp(&self, ts: i64) -> Result<Option<StoredBatch>> {
         let (mut offset, end) = {
             let st = self.shared().state.borrow();
             let seg = st
@@ -596,9 +603,9 @@ impl Log {
             if batches.is_empty() {
                 break;
             }
-            for b in &batches {
+            for b in batches {
                 if b.header.max_timestamp >= ts && b.header.last_offset() >= offset {
-                    return Ok(Some((b.header.base_offset.max(offset), b.header.max_timestamp)));
+                    return Ok(Some(b));
                 }
                 offset = b.header.next_offset();
             }

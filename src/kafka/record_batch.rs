@@ -158,9 +158,10 @@ fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
     None
 }
 
-/// For an uncompressed batch, the offset and timestamp of the first record whose timestamp is
-/// >= `ts`. `None` when the batch is compressed or no record qualifies.
-pub fn first_record_at_or_after(batch: &[u8], ts: i64) -> Option<(i64, i64)> {
+/// For an uncompressed batch, the offset and timestamp of the first record at or above
+/// `min_offset` whose timestamp is >= `ts`. `None` when the batch is compressed or no record
+/// qualifies.
+pub fn first_record_at_or_after(batch: &[u8], ts: i64, min_offset: i64) -> Option<(i64, i64)> {
     let info = parse_header(batch).ok()?;
     if info.compression() != 0 {
         return None;
@@ -173,7 +174,7 @@ pub fn first_record_at_or_after(batch: &[u8], ts: i64) -> Option<(i64, i64)> {
         let ts_delta = varint(batch, &mut at)?;
         let off_delta = varint(batch, &mut at)?;
         let rec_ts = info.base_timestamp + ts_delta;
-        if rec_ts >= ts {
+        if rec_ts >= ts && info.base_offset + off_delta >= min_offset {
             return Some((info.base_offset + off_delta, rec_ts));
         }
         at = body_start + usize::try_from(len).ok()?;
@@ -247,8 +248,9 @@ pub(crate) mod tests {
         let (stamped, crc) = stamp(&got[0].1, &got[0].0, 42, 7);
         assert_eq!(parse_header(&stamped).unwrap().base_offset, 42);
         assert_eq!(crc, crc32c::crc32c(&stamped));
-        assert_eq!(first_record_at_or_after(&stamped, 1004), Some((43, 1005)));
-        assert_eq!(first_record_at_or_after(&stamped, 1010), None);
+        assert_eq!(first_record_at_or_after(&stamped, 1004, 0), Some((43, 1005)));
+        assert_eq!(first_record_at_or_after(&stamped, 1000, 44), Some((44, 1009)));
+        assert_eq!(first_record_at_or_after(&stamped, 1010, 0), None);
 
         let mut bad = a.to_vec();
         bad[70] ^= 1;
