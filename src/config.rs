@@ -44,6 +44,10 @@ pub struct BrokerConfig {
     /// Partitions of `__consumer_offsets`, fixed when the topic is first created
     /// (Kafka `offsets.topic.num.partitions`, default 50 there).
     pub offsets_topic_partitions: u32,
+    /// Memory per core for the compaction key map (Kafka `log.cleaner.dedupe.buffer.size`, shared
+    /// by all cleaner threads there): about 40 bytes per distinct key; a partition with more keys
+    /// than fit is compacted over several passes.
+    pub cleaner_dedupe_buffer_bytes: usize,
     /// Default topic settings (overridable per topic).
     pub log: TopicDefaults,
 }
@@ -99,6 +103,7 @@ impl Default for BrokerConfig {
             io_memory_bytes: 8 << 20,
             retention_check_interval_ms: 60_000,
             offsets_topic_partitions: 16,
+            cleaner_dedupe_buffer_bytes: 16 << 20,
             log: TopicDefaults::default(),
         }
     }
@@ -124,6 +129,7 @@ impl BrokerConfig {
         anyhow::ensure!(self.max_inflight_requests_per_connection >= 1, "max_inflight_requests_per_connection >= 1");
         anyhow::ensure!(self.default_partitions >= 1, "default_partitions must be >= 1");
         anyhow::ensure!(self.cross_core_channel_capacity >= 1, "cross_core_channel_capacity >= 1");
+        anyhow::ensure!(self.cleaner_dedupe_buffer_bytes >= 64 << 10, "cleaner_dedupe_buffer_bytes must be >= 65536");
         anyhow::ensure!(self.retention_check_interval_ms >= 10, "retention_check_interval_ms must be >= 10");
         anyhow::ensure!(
             (1..=crate::topics::MAX_PARTITIONS_PER_TOPIC).contains(&self.offsets_topic_partitions),
@@ -144,12 +150,43 @@ pub struct TopicSettings {
     pub flush_messages: u64,
     pub flush_ms: u64,
     pub max_message_bytes: usize,
+    /// Kafka `cleanup.policy`: "delete", "compact" or both ("compact,delete").
     pub cleanup_policy: String,
+    /// Kafka `delete.retention.ms`: how long a tombstone stays once its segment's newest record is
+    /// this old (consumers reading from the start within it see the delete).
+    pub delete_retention_ms: i64,
+    /// Kafka `min.cleanable.dirty.ratio`: compact once uncompacted bytes are this share of the
+    /// compactable ones.
+    pub min_cleanable_dirty_ratio: f64,
+    /// Kafka `min.compaction.lag.ms`: records younger than this are never compacted.
+    pub min_compaction_lag_ms: i64,
+    /// Kafka `max.compaction.lag.ms`: compact regardless of the dirty ratio once uncompacted
+    /// records are this old.
+    pub max_compaction_lag_ms: i64,
 }
+
+/// Kafka's `delete.retention.ms` default (one day).
+pub const DEFAULT_DELETE_RETENTION_MS: i64 = 24 * 3600 * 1000;
+/// Kafka's `min.cleanable.dirty.ratio` default.
+pub const DEFAULT_MIN_CLEANABLE_DIRTY_RATIO: f64 = 0.5;
 
 /// Topic configs this broker knows, with their documentation for DescribeConfigs.
 pub const TOPIC_CONFIGS: &[(&str, &str)] = &[
-    ("cleanup.policy", "Retention policy of old log segments: delete (compact is not supported yet)."),
+    (
+        "cleanup.policy",
+        "delete: old segments are deleted by retention.ms/retention.bytes; compact: only the latest record per key \
+         is kept (tombstones go after delete.retention.ms); compact,delete: both.",
+    ),
+    (
+        "delete.retention.ms",
+        "How long tombstones are kept in a compacted topic (ms, from their segment's newest record).",
+    ),
+    (
+        "min.cleanable.dirty.ratio",
+        "Compact a partition once its uncompacted share of sealed segments reaches this ratio.",
+    ),
+    ("min.compaction.lag.ms", "Records younger than this (ms) are never compacted."),
+    ("max.compaction.lag.ms", "Compact regardless of the dirty ratio once uncompacted records are this old (ms)."),
     ("retention.ms", "Delete a segment once its newest record is older than this (ms); -1: keep forever."),
     ("retention.bytes", "Delete the oldest segments while the partition is larger than this (bytes); -1: no limit."),
     ("segment.bytes", "Roll to a new segment file once the active one holds this many bytes."),
@@ -175,6 +212,10 @@ impl TopicSettings {
             flush_ms: d.flush_ms,
             max_message_bytes: defaults.max_message_bytes,
             cleanup_policy: "delete".into(),
+            delete_retention_ms: DEFAULT_DELETE_RETENTION_MS,
+            min_cleanable_dirty_ratio: DEFAULT_MIN_CLEANABLE_DIRTY_RATIO,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
         };
         for (k, v) in overrides {
             let num = |v: &str| v.parse::<i64>().map_err(|_| format!("{k}: '{v}' is not a number"));
@@ -187,8 +228,17 @@ impl TopicSettings {
                 "flush.messages" => s.flush_messages = pos(v)?,
                 "flush.ms" => s.flush_ms = pos(v)?,
                 "max.message.bytes" => s.max_message_bytes = pos(v)? as usize,
-                "cleanup.policy" if v == "delete" => s.cleanup_policy = v.clone(),
-                "cleanup.policy" => return Err(format!("cleanup.policy={v} is not supported (only delete)")),
+                "cleanup.policy" => s.cleanup_policy = parse_cleanup_policy(v)?,
+                "delete.retention.ms" => s.delete_retention_ms = pos(v)? as i64,
+                "min.compaction.lag.ms" => s.min_compaction_lag_ms = pos(v)? as i64,
+                "max.compaction.lag.ms" => s.max_compaction_lag_ms = pos(v)?.max(1) as i64,
+                "min.cleanable.dirty.ratio" => {
+                    s.min_cleanable_dirty_ratio = v
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|r| (0.0..=1.0).contains(r))
+                        .ok_or_else(|| format!("{k}: '{v}' is not a number in [0, 1]"))?
+                }
                 "message.timestamp.type" if v == "CreateTime" => {}
                 "min.insync.replicas" if v == "1" => {}
                 "compression.type" if v == "producer" => {}
@@ -208,6 +258,10 @@ impl TopicSettings {
     pub fn value_of(&self, name: &str) -> Option<String> {
         Some(match name {
             "cleanup.policy" => self.cleanup_policy.clone(),
+            "delete.retention.ms" => self.delete_retention_ms.to_string(),
+            "min.cleanable.dirty.ratio" => self.min_cleanable_dirty_ratio.to_string(),
+            "min.compaction.lag.ms" => self.min_compaction_lag_ms.to_string(),
+            "max.compaction.lag.ms" => self.max_compaction_lag_ms.to_string(),
             "retention.ms" => self.retention_ms.to_string(),
             "retention.bytes" => self.retention_bytes.to_string(),
             "segment.bytes" => self.segment_bytes.to_string(),
@@ -222,6 +276,16 @@ impl TopicSettings {
         })
     }
 
+    /// Old segments are deleted by retention (`cleanup.policy` holds `delete`).
+    pub fn deletes(&self) -> bool {
+        self.cleanup_policy.split(',').any(|p| p == "delete")
+    }
+
+    /// Only the latest record per key is kept (`cleanup.policy` holds `compact`).
+    pub fn compacts(&self) -> bool {
+        self.cleanup_policy.split(',').any(|p| p == "compact")
+    }
+
     /// The storage engine configuration for a partition of this topic.
     pub fn log_config(&self) -> sluice_io::LogConfig {
         let durability = if self.flush_messages <= 1 {
@@ -234,11 +298,30 @@ impl TopicSettings {
         sluice_io::LogConfig {
             segment_bytes: self.segment_bytes,
             segment_ms: Some(self.segment_ms),
-            retention_bytes: u64::try_from(self.retention_bytes).ok(),
-            retention_ms: u64::try_from(self.retention_ms).ok(),
+            // A compact-only topic keeps its segments (the cleaner shrinks them instead).
+            retention_bytes: u64::try_from(self.retention_bytes).ok().filter(|_| self.deletes()),
+            retention_ms: u64::try_from(self.retention_ms).ok().filter(|_| self.deletes()),
             durability,
             max_batch_bytes: self.max_message_bytes.max(1),
             ..sluice_io::LogConfig::default()
         }
     }
+}
+
+/// Kafka's `cleanup.policy` list, normalised ("compact,delete" in either order).
+fn parse_cleanup_policy(v: &str) -> Result<String, String> {
+    let mut compact = false;
+    let mut delete = false;
+    for p in v.split(',').map(str::trim) {
+        match p {
+            "compact" => compact = true,
+            "delete" => delete = true,
+            _ => return Err(format!("cleanup.policy: '{p}' is not one of delete, compact")),
+        }
+    }
+    Ok(match (compact, delete) {
+        (true, true) => "compact,delete".into(),
+        (true, false) => "compact".into(),
+        _ => "delete".into(),
+    })
 }

@@ -2,9 +2,11 @@
 //!
 //! `server` starts one executor per core; `shard` is one core's partitions and its messaging with
 //! the other cores; `kafka` is the protocol front end (one module per API); `partition` wraps the
-//! storage engine (`sluice-io`) with Kafka's batch validation and offsets; `topics` is the catalog.
+//! storage engine (`sluice-io`) with Kafka's batch validation and offsets; `compaction` keeps the
+//! latest record per key of compacted topics; `topics` is the catalog.
 
 pub mod admin_client;
+pub mod compaction;
 pub mod config;
 pub mod groups;
 pub mod kafka;

@@ -128,6 +128,12 @@ impl Partition {
     /// (and synced per the topic's flush policy): that is acks=1 and, on a single node, acks=all.
     pub async fn produce(&self, records: &Bytes) -> Result<Produced, PartitionError> {
         let batches = record_batch::split_and_validate(records, self.settings.borrow().max_message_bytes)?;
+        if self.settings.borrow().compacts() {
+            for (info, bytes) in &batches {
+                crate::compaction::records::check_keys(bytes, info)
+                    .map_err(|m| PartitionError::new(ResponseError::InvalidRecord, m))?;
+            }
+        }
         let mut first = None;
         for (info, bytes) in batches {
             let base = if info.producer_id >= 0 && info.base_sequence >= 0 {
@@ -298,6 +304,16 @@ impl Partition {
 
     pub async fn apply_retention(&self, now_ms: i64) -> Result<u64, PartitionError> {
         Ok(self.log.apply_retention(now_ms).await?)
+    }
+
+    /// One compaction pass if the topic is compacted and dirty enough (see `compaction`).
+    pub async fn compact(
+        &self,
+        map_budget_bytes: usize,
+        now_ms: i64,
+    ) -> Result<Option<crate::compaction::CleanStats>, crate::compaction::CleanError> {
+        let settings = self.settings();
+        crate::compaction::clean(&self.log, &settings, map_budget_bytes, now_ms).await
     }
 
     pub async fn close(&self) -> Result<(), sluice_io::Error> {

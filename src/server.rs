@@ -50,14 +50,30 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
             if table.rebalance_missing_shards(cores) {
                 warn!(cores, "core count changed: partitions of missing cores were reassigned");
             }
+            // Committed offsets: fsync'ed per batch, compacted (the latest commit per group and
+            // partition stays; tombstones from expiry and deletes go after a day).
+            let offsets_configs = vec![
+                ("cleanup.policy".to_string(), "compact".to_string()),
+                ("flush.messages".to_string(), "1".to_string()),
+                ("retention.ms".to_string(), "-1".to_string()),
+                ("segment.bytes".to_string(), (100u64 << 20).to_string()),
+            ];
+            if let Some(meta) = table.topics.get(OFFSETS_TOPIC) {
+                // Created by an older version: add what it lacks.
+                let mut configs = meta.configs.clone();
+                for (k, v) in &offsets_configs {
+                    if !configs.iter().any(|(ck, _)| ck == k) {
+                        configs.push((k.clone(), v.clone()));
+                    }
+                }
+                if configs != meta.configs {
+                    let meta = topics::TopicMeta { configs, ..(**meta).clone() };
+                    table.topics.insert(OFFSETS_TOPIC.into(), Arc::new(meta));
+                }
+            }
             if !table.topics.contains_key(OFFSETS_TOPIC) {
-                // Committed offsets: fsync'ed per batch, kept until the coordinator expires them.
                 let shards = table.assign(offsets_partitions, cores);
-                let configs = vec![
-                    ("flush.messages".to_string(), "1".to_string()),
-                    ("retention.ms".to_string(), "-1".to_string()),
-                    ("segment.bytes".to_string(), (100u64 << 20).to_string()),
-                ];
+                let configs = offsets_configs;
                 let id = *uuid::Uuid::new_v4().as_bytes();
                 let meta = topics::TopicMeta { name: OFFSETS_TOPIC.into(), id, shards, configs };
                 table.topics.insert(OFFSETS_TOPIC.into(), Arc::new(meta));

@@ -741,7 +741,7 @@ impl Shard {
         Ok(start)
     }
 
-    /// Runs retention on this core's partitions.
+    /// Runs retention and compaction on this core's partitions.
     pub async fn apply_retention(&self) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -753,6 +753,11 @@ impl Shard {
                 Ok(0) => {}
                 Ok(n) => info!(topic = %p.topic, partition = p.index, segments = n, "retention deleted segments"),
                 Err(e) => warn!(topic = %p.topic, partition = p.index, error = %e.message, "retention failed"),
+            }
+            match p.compact(self.config.cleaner_dedupe_buffer_bytes, now).await {
+                Ok(None) => {}
+                Ok(Some(stats)) => crate::compaction::report(&p.topic, p.index, &stats),
+                Err(e) => warn!(topic = %p.topic, partition = p.index, error = %e, "compaction failed"),
             }
         }
     }

@@ -135,8 +135,12 @@ pub(crate) enum FrameProblem {
 }
 
 /// Checks the frame at the start of `buf` (which holds at least everything up to the end of the
-/// file from that point, capped by the caller). `expected_offset` is where the frame must start.
-pub(crate) fn check_frame(buf: &[u8], expected_offset: u64) -> Result<BatchHeader, FrameProblem> {
+/// file from that point, capped by the caller). `min_offset` is the lowest offset the frame may start
+/// at: the offset after the previous frame. Appends are dense; only a compacted segment (rewritten by
+/// `Log::rewrite_segment`) has gaps between frames, so a scan accepts any later start — the CRC covers
+/// the base offset, files are cut physically on truncation and new segment files start empty, so a
+/// valid frame at a position is always the frame written there.
+pub(crate) fn check_frame(buf: &[u8], min_offset: u64) -> Result<BatchHeader, FrameProblem> {
     if buf.len() < HEADER_LEN {
         return if buf.iter().all(|&b| b == 0) { Err(FrameProblem::CleanEnd) } else { Err(FrameProblem::Torn) };
     }
@@ -153,10 +157,10 @@ pub(crate) fn check_frame(buf: &[u8], expected_offset: u64) -> Result<BatchHeade
     if h.payload_len as usize > MAX_PAYLOAD_LEN {
         return Err(FrameProblem::Corrupt(format!("payload length {} over the format limit", h.payload_len)));
     }
-    if h.base_offset != expected_offset {
+    if h.base_offset < min_offset {
         return Err(FrameProblem::Corrupt(format!(
-            "base offset {} where {} was expected",
-            h.base_offset, expected_offset
+            "base offset {} below {} (overlaps the previous batch)",
+            h.base_offset, min_offset
         )));
     }
     if h.base_offset.checked_add(u64::from(h.record_count)).is_none() {
@@ -197,5 +201,11 @@ mod tests {
         let frame = h.encode();
         assert_eq!(check_frame(&frame, 0), Err(FrameProblem::Torn));
         assert!(matches!(check_frame(&frame, 1), Err(FrameProblem::Corrupt(_))));
+        // A later start is a gap left by compaction, not damage.
+        let full = [frame.as_slice(), &[7u8; 100]].concat();
+        assert_eq!(check_frame(&full, 0).map(|h| h.base_offset), Ok(0));
+        let later = BatchHeader::new(9, 1, 0, &[7u8; 100]);
+        let full = [later.encode().as_slice(), &[7u8; 100]].concat();
+        assert_eq!(check_frame(&full, 3), Ok(later));
     }
 }

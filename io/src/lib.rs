@@ -3,7 +3,8 @@
 //! cache, retention, truncation and crash recovery. It stores opaque batches and knows nothing of
 //! Kafka or networking.
 //!
-//! Invariants: offsets are dense and strictly increasing; a reader never sees a batch before its
+//! Invariants: offsets are strictly increasing, and dense as appended (only a segment rewritten by
+//! compaction skips offsets; each segment's range still reaches up to the next one's base); a reader never sees a batch before its
 //! write completed; after recovery the log ends at the last batch whose CRC32C is valid and nothing
 //! before that point changed.
 
@@ -17,6 +18,7 @@ pub mod framed_file;
 mod index;
 mod log;
 mod recovery;
+mod rewrite;
 mod segment;
 
 pub use batch::{BatchHeader, FRAME_MAGIC, HEADER_LEN, MAX_PAYLOAD_LEN};
@@ -25,3 +27,4 @@ pub use config::{Durability, LogConfig, MAX_SEGMENT_BYTES};
 pub use error::{Error, Result};
 pub use log::{Admission, AppendBatch, Appended, BatchBytes, Log, LogStats, StoredBatch, LOCK_FILE};
 pub use recovery::{RecoveryReport, Truncation};
+pub use rewrite::{SealedSegment, SegmentRewrite, REWRITE_BUFFER_BYTES, REWRITE_SUFFIX};

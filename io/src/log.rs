@@ -27,7 +27,8 @@ use crate::checkpoint::LogCheckpoint;
 use crate::config::{Durability, LogConfig};
 use crate::error::{Error, GlommioResultExt, IoResultExt, Result};
 use crate::framed_file::sync_dir;
-use crate::recovery::{delete_segment_files, recover, RecoveryReport};
+use crate::recovery::{delete_segment_files, recover, remove_index_files, RecoveryReport};
+use crate::rewrite::{SealedSegment, SegmentRewrite};
 use crate::segment::{align_down, align_up, Segment};
 
 /// A batch to append.
@@ -102,6 +103,8 @@ pub struct StoredBatch {
 
 enum Control {
     Roll,
+    /// Swap a finished rewrite in for the segment it was made from.
+    Replace(Box<SegmentRewrite>),
     Truncate(u64),
     Retention(i64),
     AdvanceStart(u64),
@@ -452,6 +455,42 @@ impl Log {
         self.control(Control::Checkpoint).await.map(drop)
     }
 
+    /// The sealed segments (every one but the active), oldest first.
+    pub fn sealed_segments(&self) -> Vec<SealedSegment> {
+        let st = self.shared().state.borrow();
+        let mut v: Vec<SealedSegment> = st
+            .segments
+            .values()
+            .map(|s| SealedSegment {
+                base: s.base,
+                end_offset: s.next_offset,
+                size_bytes: s.size,
+                max_timestamp: s.max_timestamp,
+            })
+            .collect();
+        v.pop();
+        v
+    }
+
+    /// Starts rewriting sealed segment `base` (log compaction): push the batches to keep, then
+    /// `commit_rewrite`. Appends, reads and other operations go on meanwhile.
+    pub async fn rewrite_segment(&self, base: u64) -> Result<SegmentRewrite> {
+        let original = self
+            .sealed_segments()
+            .into_iter()
+            .find(|s| s.base == base)
+            .ok_or_else(|| Error::InvalidBatch(format!("no sealed segment with base offset {base}")))?;
+        SegmentRewrite::create(self.dir(), original, self.shared().config.get().index_interval_bytes).await
+    }
+
+    /// Completes a rewrite: syncs the new file and swaps it in for the original, atomically and
+    /// durably. Returns false (and discards the rewrite) when the original changed meanwhile
+    /// (deleted by retention or DeleteRecords).
+    pub async fn commit_rewrite(&self, mut rewrite: SegmentRewrite) -> Result<bool> {
+        rewrite.finish().await?;
+        self.control(Control::Replace(Box::new(rewrite))).await.map(|n| n == 1)
+    }
+
     /// fdatasyncs everything written so far.
     pub async fn flush(&self) -> Result<()> {
         self.control(Control::Flush).await.map(drop)
@@ -474,15 +513,31 @@ impl Log {
         res
     }
 
-    /// Reads whole batches starting with the one containing `offset`: the first batch always (even
-    /// if larger than `max_bytes`), then following batches of the same segment while their payloads
-    /// fit in `max_bytes`. Empty at the log end; `OffsetOutOfRange` outside `[start, end]`.
+    /// Reads whole batches starting with the first one holding an offset >= `offset` (the one
+    /// containing it, unless compaction removed it): the first batch always (even if larger than
+    /// `max_bytes`), then following batches of the same segment while their payloads fit in
+    /// `max_bytes`. Empty at the log end; `OffsetOutOfRange` outside `[start, end]`.
     pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<StoredBatch>> {
+        let mut offset = offset;
+        loop {
+            let (out, segment_end) = self.read_one_segment(offset, max_bytes).await?;
+            match segment_end {
+                // Everything from `offset` to the end of a sealed segment was compacted away: the
+                // next batch is in a later segment. Terminates: `offset` < `end` (asserted below).
+                Some(end) if out.is_empty() => offset = end,
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Reads from the segment holding `offset`: the batches, and — when the segment is sealed and
+    /// the read found nothing — the offset where the segment's range ends.
+    async fn read_one_segment(&self, offset: u64, max_bytes: usize) -> Result<(Vec<StoredBatch>, Option<u64>)> {
         let sh = self.shared();
         if sh.writer_exited.get() {
             return Err(Error::Closed { path: sh.dir.clone() });
         }
-        let (file, path, start_pos, limit, seg_base) = {
+        let (file, path, start_pos, limit, seg_base, sealed_end) = {
             let st = sh.state.borrow();
             if offset < st.log_start_offset || offset > st.next_offset {
                 return Err(Error::OffsetOutOfRange {
@@ -492,15 +547,16 @@ impl Log {
                 });
             }
             if offset == st.next_offset {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), None));
             }
             if st.cache.first_offset().is_some_and(|f| f <= offset) {
-                return Ok(st
+                let out = st
                     .cache
                     .read(offset, max_bytes)
                     .into_iter()
                     .map(|(header, p)| StoredBatch { header, payload: BatchBytes::Memory(p) })
-                    .collect());
+                    .collect();
+                return Ok((out, None));
             }
             let Some((_, seg)) = st.segments.range(..=offset).next_back() else {
                 return Err(Error::OffsetOutOfRange {
@@ -509,11 +565,16 @@ impl Log {
                     next_offset: st.next_offset,
                 });
             };
-            assert!(offset < seg.next_offset, "offsets are dense across segments");
+            assert!(offset < seg.next_offset, "segments cover the offsets up to the next one");
             let rel = u32::try_from(offset - seg.base).unwrap_or(u32::MAX);
             let (_, pos) = seg.index.lookup_offset(rel);
-            (seg.file.clone(), seg.path.clone(), u64::from(pos), seg.size, seg.base)
+            let sealed_end = (seg.next_offset < st.next_offset).then_some(seg.next_offset);
+            (seg.file.clone(), seg.path.clone(), u64::from(pos), seg.size, seg.base, sealed_end)
         };
+        if start_pos >= limit {
+            // An empty sealed segment (everything in it was compacted away).
+            return Ok((Vec::new(), sealed_end));
+        }
         let interval = sh.config.get().index_interval_bytes as usize;
         let want = ((limit - start_pos) as usize).min(interval + max_bytes.max(1) + 2 * HEADER_LEN);
         let mut buf = Segment::read_exact(&file, &path, start_pos, want).await?;
@@ -539,8 +600,12 @@ impl Log {
                 position: abs,
                 reason: "bad frame magic on read".into(),
             })?;
-            if expected.is_some_and(|e| e != h.base_offset) || h.base_offset < seg_base {
-                return Err(Error::CorruptSegment { path, position: abs, reason: "offsets not dense on read".into() });
+            if expected.is_some_and(|e| h.base_offset < e) || h.base_offset < seg_base {
+                return Err(Error::CorruptSegment {
+                    path,
+                    position: abs,
+                    reason: "offsets not increasing on read".into(),
+                });
             }
             expected = Some(h.next_offset());
             let frame = h.frame_len();
@@ -571,7 +636,7 @@ impl Log {
                 break;
             }
         }
-        Ok(out)
+        Ok((out, sealed_end))
     }
 
     /// The first batch whose max timestamp is >= `ts`: (its base offset, its max timestamp).
@@ -914,6 +979,7 @@ async fn write_group(
     let seg = st.segments.values_mut().next_back().expect("active segment");
     for p in group {
         let pos = seg.size;
+        assert_eq!(p.header.base_offset, seg.next_offset, "appended offsets are dense");
         seg.on_frame(&p.header, pos, interval);
         st.cache.push(p.header, p.payload);
         done.push((p.reply, Appended { base_offset: p.header.base_offset, last_offset: p.header.last_offset() }));
@@ -1057,6 +1123,7 @@ async fn run_control(sh: &Rc<Shared>, op: Control) -> Result<u64> {
         Control::Truncate(offset) => truncate(sh, offset).await.map(|()| 0),
         Control::Retention(now) => retention(sh, now).await,
         Control::AdvanceStart(offset) => advance_start(sh, offset).await,
+        Control::Replace(rw) => replace_segment(sh, *rw).await,
     }
 }
 
@@ -1101,7 +1168,9 @@ async fn truncate(sh: &Rc<Shared>, offset: u64) -> Result<()> {
         max_ts = max_ts.max(h.max_timestamp);
         pos += h.frame_len() as u64;
     }
-    let cut_offset = cut_offset.unwrap_or(offset);
+    // A straddling batch goes whole; when `offset` is in a gap left by compaction, the log ends
+    // at `offset`, before the next batch.
+    let cut_offset = cut_offset.map_or(offset, |b| b.min(offset));
     let doomed: Vec<u64> = sh.state.borrow().segments.range(base + 1..).map(|(b, _)| *b).collect();
     file.truncate(pos).await.ctx(&path, "truncating segment")?;
     if let Err(e) = file.fdatasync().await.ctx(&path, "syncing truncated segment") {
@@ -1261,6 +1330,59 @@ async fn advance_start(sh: &Rc<Shared>, offset: u64) -> Result<u64> {
         sync_dir(&sh.dir).await?;
     }
     Ok(offset)
+}
+
+/// Swaps a finished rewrite in for its original (see `rewrite.rs`). 1 when swapped, 0 when the
+/// original is gone or changed (the rewrite is dropped, which removes its file).
+async fn replace_segment(sh: &Rc<Shared>, mut rw: SegmentRewrite) -> Result<u64> {
+    let base = rw.original.base;
+    let (is_first, prev) = {
+        let st = sh.state.borrow();
+        let active = *st.segments.keys().next_back().expect("active segment");
+        let current = st.segments.get(&base).filter(|s| s.base != active);
+        let unchanged =
+            current.is_some_and(|s| s.next_offset == rw.original.end_offset && s.size == rw.original.size_bytes);
+        if !unchanged {
+            return Ok(0);
+        }
+        (st.segments.keys().next() == Some(&base), st.segments.range(..base).next_back().map(|(b, _)| *b))
+    };
+    let mut seg = rw.seg.take().expect("a finished rewrite holds its segment");
+    // Never leave the old index next to the new file: a crash from here on rebuilds it instead.
+    remove_index_files(&sh.dir, base)?;
+    let emptied = seg.is_empty() && !is_first;
+    if emptied {
+        // Nothing left: drop the file; the previous segment's range reaches over this one.
+        delete_segment_files(&sh.dir, base).await?;
+    } else {
+        std::fs::rename(&rw.temp_path, &seg.path).ctx(&seg.path, "swapping in rewritten segment")?;
+    }
+    sync_dir(&sh.dir).await?;
+    if !emptied {
+        seg.index.persist(&sh.dir, base, &seg.coverage()).await?;
+    }
+    let mut st = sh.state.borrow_mut();
+    let old = if emptied {
+        let old = st.segments.remove(&base);
+        let prev = prev.expect("a segment that is not the first has a predecessor");
+        st.segments.get_mut(&prev).expect("predecessor").next_offset = rw.original.end_offset;
+        old
+    } else {
+        seg.first_timestamp = st.segments.get(&base).and_then(|s| s.first_timestamp);
+        st.segments.insert(base, seg)
+    };
+    // The tail cache may still hold batches the rewrite dropped.
+    st.cache.drop_before(rw.original.end_offset);
+    drop(st);
+    if let Some(old) = old {
+        // Closed once the last reader holding the old file is done with it.
+        glommio::spawn_local(async move {
+            let _ = old.file.close_rc().await;
+        })
+        .detach();
+    }
+    debug!(dir = %sh.dir.display(), base, batches = rw.batches, emptied, "segment rewritten");
+    Ok(1)
 }
 
 impl Log {

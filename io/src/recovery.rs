@@ -62,7 +62,8 @@ pub(crate) async fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered>
     for entry in std::fs::read_dir(dir).ctx(dir, "listing log directory")? {
         let entry = entry.ctx(dir, "listing log directory")?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".tmp") {
+        if name.ends_with(".tmp") || name.ends_with(crate::rewrite::REWRITE_SUFFIX) {
+            // Unfinished atomic writes and unfinished segment rewrites (the original is intact).
             std::fs::remove_file(entry.path()).ctx(&entry.path(), "removing leftover temp file")?;
         } else if let Some(b) = parse_base(&name, ".log") {
             bases.push(b);
@@ -96,10 +97,13 @@ pub(crate) async fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered>
             report.segments_deleted.push(base);
             continue;
         }
-        if let Some(prev) = segments.values().next_back() {
-            if prev.next_offset != base {
-                // A gap or overlap between segments: everything from here is unreachable by dense offsets.
-                warn!(base, expected = prev.next_offset, "segment does not follow its predecessor: cutting");
+        if let Some(prev) = segments.values_mut().next_back() {
+            if prev.next_offset < base {
+                // The end of `prev` was compacted away: its range reaches up to this segment.
+                prev.next_offset = base;
+            } else if prev.next_offset > base {
+                // Overlapping segments: everything from here is unreachable by increasing offsets.
+                warn!(base, expected = prev.next_offset, "segment overlaps its predecessor: cutting");
                 report.truncation = Some(Truncation {
                     segment_base: prev.base,
                     position: prev.size,
@@ -195,7 +199,7 @@ async fn first_timestamp(seg: &Segment) -> Result<i64> {
     })
 }
 
-fn remove_index_files(dir: &Path, base: u64) -> Result<()> {
+pub(crate) fn remove_index_files(dir: &Path, base: u64) -> Result<()> {
     for p in [offset_index_path(dir, base), time_index_path(dir, base)] {
         match std::fs::remove_file(&p) {
             Ok(()) => {}

@@ -1,6 +1,7 @@
 //! Model-based property test of `Log`: random sequences of appends (single and concurrent bursts),
 //! reads, rolls, truncations, reopens (clean, after `abandon`, or with a new index interval),
-//! checkpoints, flushes and timestamp lookups run against the real engine on real files and against
+//! checkpoints, flushes, timestamp lookups and segment rewrites (compaction: a sealed segment keeps
+//! a random subset of its batches, leaving gaps in the offsets) run against the real engine on real files and against
 //! an in-memory model (a `Vec` of batches). After every step the engine's end and start offsets must
 //! match the model; reads, lookups, truncations and reopens check contents byte for byte. Each case
 //! runs on its own glommio executor in a fresh directory, with small segments, a sparse index and a
@@ -53,6 +54,13 @@ enum Op {
     Checkpoint,
     Flush,
     OffsetForTimestamp(i64),
+    /// Rewrite sealed segment `pick % sealed` keeping the batches whose bit (position % 64) is set
+    /// in `keep`; `commit: false` abandons the rewrite half way.
+    Compact {
+        pick: u64,
+        keep: u64,
+        commit: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -89,10 +97,10 @@ impl Model {
         base_offset
     }
 
-    /// Index of the batch holding `offset`.
+    /// Index of the first batch holding an offset >= `offset` (compaction leaves gaps).
     fn index_of(&self, offset: u64) -> Option<usize> {
         let i = self.batches.partition_point(|b| b.next_offset() <= offset);
-        (i < self.batches.len() && self.batches[i].base_offset <= offset).then_some(i)
+        (i < self.batches.len()).then_some(i)
     }
 
     /// Removes every batch holding an offset >= `target` (a straddling batch goes whole); below the
@@ -108,7 +116,8 @@ impl Model {
             return;
         }
         let cut = self.batches.partition_point(|b| b.next_offset() <= target);
-        self.next_offset = self.batches[cut].base_offset;
+        // A straddling batch goes whole; in a gap left by compaction the log ends at the target.
+        self.next_offset = self.batches.get(cut).map_or(target, |b| b.base_offset.min(target));
         self.batches.truncate(cut);
     }
 
@@ -160,7 +169,10 @@ async fn same_contents(log: &Log, model: &Model) -> Result<(), String> {
         at = got.last().expect("non-empty").header.next_offset();
     }
     ensure!(i == model.batches.len(), "scan ended at offset {at} after {i} of {} batches", model.batches.len());
-    ensure!(at == model.next_offset, "scan ended at {at}, model ends at {}", model.next_offset);
+    // After the last batch, the rest of the log (if any) is a gap compaction left.
+    let last_end = model.batches.last().map_or(model.log_start, ModelBatch::next_offset);
+    ensure!(at == last_end, "scan ended at {at}, the model's last batch ends at {last_end}");
+    ensure!(last_end <= model.next_offset, "the model's batches end past its end offset");
     Ok(())
 }
 
@@ -226,7 +238,7 @@ async fn apply(log: &mut Log, model: &mut Model, config: &mut LogConfig, op: &Op
                 Some(first) => {
                     ensure!(!got.is_empty(), "read({offset}) returned nothing");
                     let h = &got[0].header;
-                    ensure!(h.base_offset <= offset && offset <= h.last_offset(), "first batch {h:?} lacks {offset}");
+                    ensure!(offset <= h.last_offset(), "first batch {h:?} ends before {offset}");
                     let mut total = 0;
                     for (i, b) in got.iter().enumerate() {
                         let want = model.batches.get(first + i).ok_or("read returned batches past the end")?;
@@ -264,6 +276,50 @@ async fn apply(log: &mut Log, model: &mut Model, config: &mut LogConfig, op: &Op
         }
         Op::Checkpoint => log.checkpoint().await.map_err(|e| e.to_string())?,
         Op::Flush => log.flush().await.map_err(|e| e.to_string())?,
+        Op::Compact { pick, keep, commit } => {
+            let sealed = log.sealed_segments();
+            if sealed.is_empty() {
+                return Ok(());
+            }
+            let seg = sealed[(*pick % sealed.len() as u64) as usize];
+            let mut rw = log.rewrite_segment(seg.base).await.map_err(|e| format!("rewrite_segment: {e}"))?;
+            let mut at = seg.base.max(log.log_start_offset());
+            let mut position = 0u64;
+            let mut kept = Vec::new();
+            'segment: while at < seg.end_offset {
+                let got = log.read(at, 4096).await.map_err(|e| format!("read({at}) for rewrite: {e}"))?;
+                for b in &got {
+                    if b.header.base_offset >= seg.end_offset {
+                        break 'segment;
+                    }
+                    if keep & (1 << (position % 64)) != 0 {
+                        let h = &b.header;
+                        rw.push(h.base_offset, h.record_count, h.max_timestamp, &b.payload)
+                            .await
+                            .map_err(|e| format!("push: {e}"))?;
+                        kept.push(h.base_offset);
+                    }
+                    position += 1;
+                    at = b.header.next_offset();
+                }
+                if got.is_empty() {
+                    break;
+                }
+                if !*commit && position > 2 {
+                    // Abandoned half way: nothing changes.
+                    return Ok(());
+                }
+            }
+            if !*commit {
+                return Ok(());
+            }
+            let swapped = log.commit_rewrite(rw).await.map_err(|e| format!("commit_rewrite: {e}"))?;
+            ensure!(swapped, "rewrite of an unchanged segment {seg:?} was refused");
+            model.batches.retain(|b| {
+                b.base_offset < seg.base || b.base_offset >= seg.end_offset || kept.contains(&b.base_offset)
+            });
+            same_contents(log, model).await.map_err(|e| format!("after compacting {seg:?}: {e}"))?;
+        }
         Op::OffsetForTimestamp(ts) => {
             let got = log.offset_for_timestamp(*ts).await.map_err(|e| format!("offset_for_timestamp({ts}): {e}"))?;
             let want = model.offset_for_timestamp(*ts);
@@ -332,6 +388,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Checkpoint),
         2 => Just(Op::Flush),
         10 => prop_oneof![9 => -100..10_100i64, 1 => any::<i64>()].prop_map(Op::OffsetForTimestamp),
+        6 => (any::<u64>(), prop_oneof![1 => Just(0u64), 1 => Just(u64::MAX), 6 => any::<u64>()], prop::bool::weighted(0.85))
+            .prop_map(|(pick, keep, commit)| Op::Compact { pick, keep, commit }),
     ]
 }
 

@@ -31,6 +31,8 @@ const SOURCE_DEFAULT: i8 = 5;
 const TYPE_STRING: i8 = 2;
 const TYPE_INT: i8 = 3;
 const TYPE_LONG: i8 = 5;
+const TYPE_DOUBLE: i8 = 6;
+const TYPE_LIST: i8 = 7;
 const TYPE_BOOLEAN: i8 = 1;
 
 fn s(v: impl Into<String>) -> StrBytes {
@@ -155,8 +157,18 @@ pub async fn create_partitions(shard: &Rc<Shard>, req: CreatePartitionsRequest) 
 
 fn config_type(name: &str) -> i8 {
     match name {
-        "retention.ms" | "retention.bytes" | "segment.ms" | "flush.messages" | "flush.ms" | "log.retention.ms"
-        | "log.segment.bytes" => TYPE_LONG,
+        "retention.ms"
+        | "retention.bytes"
+        | "segment.ms"
+        | "flush.messages"
+        | "flush.ms"
+        | "log.retention.ms"
+        | "log.segment.bytes"
+        | "delete.retention.ms"
+        | "min.compaction.lag.ms"
+        | "max.compaction.lag.ms" => TYPE_LONG,
+        "min.cleanable.dirty.ratio" => TYPE_DOUBLE,
+        "cleanup.policy" => TYPE_LIST,
         "segment.bytes"
         | "max.message.bytes"
         | "min.insync.replicas"
