@@ -211,6 +211,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Whether changes to the real /proc and /sys can succeed (a fake `--root` is writable by anyone).
+fn is_root(host: &tune::Host) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    host.path("/") != std::path::Path::new("/") || unsafe { libc::geteuid() } == 0
+}
+
 /// Writes to stdout; a closed pipe (`sluice tune | head`) is not an error.
 fn print_to_stdout(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
@@ -246,8 +252,10 @@ fn run_tune(
         if let Some(done) = &actions {
             out.push_str(if dry_run {
                 "# sluice tune --dry-run: what --apply would run (nothing was changed)\n"
-            } else {
+            } else if is_root(&target.host) {
                 "# sluice tune --apply:\n"
+            } else {
+                "# sluice tune --apply (not root: changes to /proc/sys and /sys will fail):\n"
             });
             out.push_str(&tune::report::applied(done));
             if !dry_run && !done.is_empty() {

@@ -91,7 +91,7 @@ fn tune_json_has_current_recommended_and_status_per_check() {
             assert!(c[field].is_string(), "{field} missing: {c}");
         }
         assert!(STATUSES.contains(&c["status"].as_str().expect("status")), "{c}");
-        assert!(c["actions"].is_array(), "{c}");
+        assert!(c["commands"].is_array(), "{c}");
     }
     // This machine has io_uring (the broker runs here) and the directory is on a real disk.
     assert_eq!(check(&report, "io_uring")["status"], "ok");
@@ -119,9 +119,18 @@ fn tune_reads_o_direct_alignment_without_writing_and_probes_with_probe_io() {
     assert!(o_direct["current"].as_str().expect("current").starts_with("read ok"), "{o_direct}");
 }
 
-/// A fake /proc and /sys with settings below the recommendations.
-fn fake_root(dir: &Path) {
-    let files: &[(&str, &str)] = &[
+/// A fake /proc and /sys with settings below the recommendations: an NVMe partition under
+/// `data_dir` (whose real device number the fake tables use), a virtio NIC and cpufreq.
+fn fake_root(dir: &Path, data_dir: &Path) {
+    use std::os::unix::fs::{symlink, MetadataExt};
+    let dev = fs::metadata(data_dir).expect("data dir exists").dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let mountinfo = format!("22 1 {major}:{minor} / / rw,relatime shared:1 - xfs /dev/nvme0n1p1 rw\n");
+    let interrupts = "           CPU0\n  0:   10   IO-APIC   2-edge   timer\n \
+                      37:  0  PCI-MSIX-0000:00:03.0  0-edge  virtio2-config\n \
+                      38:  5  PCI-MSIX-0000:00:03.0  1-edge  virtio2-input.0\n \
+                      39:  5  PCI-MSIX-0000:00:03.0  2-edge  virtio2-output.0\n";
+    let mut files: Vec<(String, String)> = [
         ("proc/sys/vm/swappiness", "60"),
         ("proc/sys/vm/max_map_count", "65530"),
         ("proc/sys/net/core/somaxconn", "128"),
@@ -132,15 +141,47 @@ fn fake_root(dir: &Path) {
         ("sys/kernel/mm/transparent_hugepage/enabled", "[always] madvise never"),
         ("sys/devices/system/clocksource/clocksource0/current_clocksource", "hpet"),
         ("sys/devices/system/clocksource/clocksource0/available_clocksource", "tsc hpet acpi_pm"),
-        ("proc/interrupts", "           CPU0\n  0:   10   IO-APIC   2-edge   timer\n"),
-    ];
-    for (rel, value) in files {
+        ("proc/self/mountinfo", mountinfo.as_str()),
+        ("proc/interrupts", interrupts),
+        ("proc/irq/38/smp_affinity_list", "0-1023"),
+        ("proc/irq/39/smp_affinity_list", "0-1023"),
+        ("sys/devices/pci0000:00/0000:00:03.0/msi_irqs/37", "msix"),
+        ("sys/devices/pci0000:00/0000:00:03.0/msi_irqs/38", "msix"),
+        ("sys/devices/pci0000:00/0000:00:03.0/msi_irqs/39", "msix"),
+        ("sys/devices/pci0000:00/0000:00:03.0/virtio2/vendor", "0x1af4"),
+        ("sys/devices/pci0000:00/nvme/nvme0n1/nvme0n1p1/partition", "1"),
+        ("sys/devices/pci0000:00/nvme/nvme0n1/queue/scheduler", "[mq-deadline] none"),
+        ("sys/devices/pci0000:00/nvme/nvme0n1/queue/nr_requests", "64"),
+    ]
+    .iter()
+    .map(|(p, v)| (p.to_string(), v.to_string()))
+    .collect();
+    // Which CPUs the broker pins depends on this process's affinity mask: give every CPU a governor.
+    for cpu in 0..FAKE_CPUS {
+        let base = format!("sys/devices/system/cpu/cpu{cpu}/cpufreq");
+        files.push((format!("{base}/scaling_governor"), "powersave".into()));
+        files.push((format!("{base}/scaling_available_governors"), "performance powersave".into()));
+    }
+    for (rel, value) in &files {
         let p = dir.join(rel);
         fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
         fs::write(&p, format!("{value}\n")).expect("write fake setting");
     }
-    fs::create_dir_all(dir.join("sys/class/net")).expect("mkdir");
+    let links = [
+        (format!("sys/dev/block/{major}:{minor}"), "sys/devices/pci0000:00/nvme/nvme0n1/nvme0n1p1"),
+        ("sys/block/nvme0n1".to_string(), "sys/devices/pci0000:00/nvme/nvme0n1"),
+        ("sys/class/net/eth0/device".to_string(), "sys/devices/pci0000:00/0000:00:03.0/virtio2"),
+    ];
+    for (link, to) in links {
+        let link = dir.join(link);
+        fs::create_dir_all(link.parent().expect("parent")).expect("mkdir");
+        symlink(dir.join(to), &link).expect("symlink");
+    }
+    fs::create_dir_all(dir.join("sys/class/net/lo")).expect("mkdir");
 }
+
+/// CPUs given a cpufreq directory in the fake tree.
+const FAKE_CPUS: usize = 256;
 
 fn read_setting(root: &Path, rel: &str) -> String {
     fs::read_to_string(root.join(rel)).expect("read fake setting").trim().to_string()
@@ -149,12 +190,18 @@ fn read_setting(root: &Path, rel: &str) -> String {
 #[test]
 fn tune_dry_run_prints_commands_and_changes_nothing_apply_changes_a_fake_root() {
     let dir = target_tempdir("sluice-tune-root-");
-    fake_root(dir.path());
-    let root = dir.path().to_str().expect("utf-8 path");
     let data = dir.path().join("data");
+    fs::create_dir_all(&data).expect("mkdir data");
+    fake_root(dir.path(), &data);
+    let root = dir.path().to_str().expect("utf-8 path");
     let data = data.to_str().expect("utf-8 path");
+    let args = |extra: &[&'static str]| {
+        let mut v = vec!["tune", "--root", root, "--data-dir", data, "--cores", "1"];
+        v.extend_from_slice(extra);
+        v
+    };
 
-    let out = sluice(&["tune", "--root", root, "--data-dir", data, "--dry-run"]);
+    let out = sluice(&args(&["--dry-run"]));
     let report = text(&out);
     println!("{report}");
     assert!(out.status.success(), "{report}");
@@ -166,19 +213,27 @@ fn tune_dry_run_prints_commands_and_changes_nothing_apply_changes_a_fake_root() 
         "sysctl -w net.core.rmem_max=16777216",
         "sysctl -w net.core.wmem_max=16777216",
         "sysctl -w kernel.io_uring_disabled=0",
-        "/sys/kernel/mm/transparent_hugepage/enabled",
+        "echo madvise > /sys/kernel/mm/transparent_hugepage/enabled",
         "echo tsc > /sys/devices/system/clocksource/clocksource0/current_clocksource",
+        "echo none > /sys/block/nvme0n1/queue/scheduler",
+        "echo 256 > /sys/block/nvme0n1/queue/nr_requests",
+        "/proc/irq/38/smp_affinity_list",
+        "/proc/irq/39/smp_affinity_list",
+        "echo performance > /sys/devices/system/cpu/cpu",
     ] {
         assert!(report.contains(cmd), "dry run does not show `{cmd}`:\n{report}");
     }
+    assert!(!report.contains("/proc/irq/37/"), "the config vector carries no traffic:\n{report}");
+    assert!(report.contains("mq-deadline (nvme0n1)"), "partition resolved to its disk:\n{report}");
     assert_eq!(read_setting(dir.path(), "proc/sys/vm/swappiness"), "60", "--dry-run changed a setting");
     assert_eq!(read_setting(dir.path(), "sys/kernel/mm/transparent_hugepage/enabled"), "[always] madvise never");
+    assert_eq!(read_setting(dir.path(), "proc/irq/38/smp_affinity_list"), "0-1023");
 
     // --strict: 1 while something is below its recommendation.
-    let out = sluice(&["tune", "--root", root, "--data-dir", data, "--strict"]);
+    let out = sluice(&args(&["--strict"]));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 
-    let out = sluice(&["tune", "--root", root, "--data-dir", data, "--apply", "--json"]);
+    let out = sluice(&args(&["--apply", "--json"]));
     assert!(out.status.success(), "{}", text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--apply --json parses");
     let actions = report["actions"].as_array().expect("actions listed");
@@ -187,8 +242,22 @@ fn tune_dry_run_prints_commands_and_changes_nothing_apply_changes_a_fake_root() 
     assert_eq!(read_setting(dir.path(), "proc/sys/net/core/rmem_max"), "16777216");
     assert_eq!(read_setting(dir.path(), "proc/sys/kernel/io_uring_disabled"), "0");
     assert_eq!(read_setting(dir.path(), "sys/kernel/mm/transparent_hugepage/enabled"), "madvise");
-    // The report after --apply is the re-check: those settings are now ok.
-    for name in ["vm.swappiness", "net.core.somaxconn", "kernel.io_uring_disabled", "clocksource"] {
+    assert_eq!(read_setting(dir.path(), "sys/devices/pci0000:00/nvme/nvme0n1/queue/scheduler"), "none");
+    let irq = read_setting(dir.path(), "proc/irq/38/smp_affinity_list");
+    assert!(irq.parse::<usize>().is_ok(), "one broker core per queue: {irq}");
+    // The report after --apply is the re-check: every changeable setting is now ok.
+    for name in [
+        "vm.swappiness",
+        "net.core.somaxconn",
+        "kernel.io_uring_disabled",
+        "transparent_hugepage",
+        "clocksource",
+        "cpufreq.governor",
+        "irq_affinity",
+        "disk.scheduler",
+        "disk.nr_requests",
+        "filesystem",
+    ] {
         assert_eq!(check(&report, name)["status"], "ok", "{}", check(&report, name));
     }
 }

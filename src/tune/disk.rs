@@ -50,6 +50,8 @@ struct Disk {
     name: String,
     /// Its `/sys/block/NAME` directory (host path).
     sys: String,
+    /// How the report names it (`vda`, or `vda via dm-0` for a stacked device).
+    shown: String,
 }
 
 /// A line of /proc/self/mountinfo.
@@ -94,12 +96,32 @@ fn block_device(target: &TuneTarget, dev: u64, mount: Option<&Mount>) -> Result<
         dev = meta.rdev();
     }
     let link = target.host.path(&format!("/sys/dev/block/{}:{}", libc::major(dev), libc::minor(dev)));
-    let mut sys = std::fs::canonicalize(&link).map_err(|e| format!("{}: {e}", link.display()))?;
-    if sys.join("partition").exists() {
-        sys = sys.parent().ok_or("partition without a parent disk")?.to_path_buf();
+    let sys = whole_disk(std::fs::canonicalize(&link).map_err(|e| format!("{}: {e}", link.display()))?)?;
+    let name = dir_name(&sys)?;
+    // Device-mapper and md devices queue nothing themselves: the first disk below them decides.
+    let below = std::fs::read_dir(sys.join("slaves"))
+        .ok()
+        .and_then(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).min());
+    if let Some(slave) = below {
+        let link = target.host.path(&format!("/sys/class/block/{slave}"));
+        if let Ok(sys) = std::fs::canonicalize(&link) {
+            let disk = dir_name(&whole_disk(sys)?)?;
+            return Ok(Disk { sys: format!("/sys/block/{disk}"), shown: format!("{disk} via {name}"), name: disk });
+        }
     }
-    let name = sys.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or("unnamed block device")?;
-    Ok(Disk { sys: format!("/sys/block/{name}"), name })
+    Ok(Disk { sys: format!("/sys/block/{name}"), shown: name.clone(), name })
+}
+
+/// A partition's disk (the directory above it), or the device itself.
+fn whole_disk(sys: PathBuf) -> Result<PathBuf, String> {
+    if sys.join("partition").exists() {
+        return sys.parent().map(Path::to_path_buf).ok_or_else(|| "partition without a parent disk".into());
+    }
+    Ok(sys)
+}
+
+fn dir_name(p: &Path) -> Result<String, String> {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).ok_or_else(|| format!("{}: unnamed device", p.display()))
 }
 
 fn scheduler_checks(target: &TuneTarget, disk: Result<Disk, String>) -> Vec<Check> {
@@ -125,7 +147,7 @@ fn scheduler_checks(target: &TuneTarget, disk: Result<Disk, String>) -> Vec<Chec
         Ok(text) => {
             // Stacked devices (device-mapper) show only "none": their disks below are what counts.
             let current = selected(&text).unwrap_or(text.as_str()).to_string();
-            let shown = format!("{current} ({})", disk.name);
+            let shown = format!("{current} ({})", disk.shown);
             if current == rec {
                 Check::new("disk.scheduler", shown, rec, Status::Ok)
             } else if text.split_whitespace().any(|s| s.trim_matches(['[', ']']) == rec) {
@@ -147,9 +169,9 @@ fn scheduler_checks(target: &TuneTarget, disk: Result<Disk, String>) -> Vec<Chec
         Ok(text) => match text.parse::<u64>() {
             Err(_) => Check::unknown("disk.nr_requests", &format!("'{text}' is not a number"), nr_rec),
             Ok(n) if n >= RECOMMENDED_NR_REQUESTS => {
-                Check::new("disk.nr_requests", format!("{n} ({})", disk.name), nr_rec, Status::Ok)
+                Check::new("disk.nr_requests", format!("{n} ({})", disk.shown), nr_rec, Status::Ok)
             }
-            Ok(n) => Check::new("disk.nr_requests", format!("{n} ({})", disk.name), nr_rec, Status::Change)
+            Ok(n) => Check::new("disk.nr_requests", format!("{n} ({})", disk.shown), nr_rec, Status::Change)
                 .action(Action::Write { path: nr_file, value: RECOMMENDED_NR_REQUESTS.to_string() }),
         },
     }

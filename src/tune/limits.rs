@@ -38,7 +38,7 @@ fn memlock(target: &TuneTarget, cores: u64) -> Check {
         Ok(None) => Check::new("memlock", "unlimited", recommended, Status::Ok),
         Ok(Some(soft)) if soft >= needed => Check::new("memlock", mib(soft), recommended, Status::Ok),
         Ok(Some(soft)) => {
-            let current = match has_cap_ipc_lock(target) {
+            let current = match has_cap_ipc_lock() {
                 Some(true) => format!("{} (root: CAP_IPC_LOCK)", mib(soft)),
                 _ => mib(soft),
             };
@@ -78,9 +78,10 @@ fn getrlimit(resource: libc::__rlimit_resource_t) -> Result<Option<u64>, String>
     Ok(if lim.rlim_cur == libc::RLIM_INFINITY { None } else { Some(lim.rlim_cur) })
 }
 
-/// Whether this process holds CAP_IPC_LOCK (root usually does); `None` if unreadable.
-fn has_cap_ipc_lock(target: &TuneTarget) -> Option<bool> {
-    let status = target.host.read("/proc/self/status").ok()?;
+/// Whether this process holds CAP_IPC_LOCK (root usually does); `None` if unreadable. Always the
+/// real /proc, like the limits themselves (not the `--root` tree).
+fn has_cap_ipc_lock() -> Option<bool> {
+    let status = super::sysfs::read_path(std::path::Path::new("/proc/self/status")).ok()?;
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
     let caps = u64::from_str_radix(hex, 16).ok()?;
     Some(caps & (1 << CAP_IPC_LOCK_BIT) != 0)

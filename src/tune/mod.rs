@@ -109,8 +109,8 @@ pub struct Check {
     /// What to do by hand when `--apply` cannot (limits, filesystems).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
-    /// What `--apply` would run.
-    #[serde(serialize_with = "serialize_commands")]
+    /// What `--apply` would run (in JSON: `commands`, as shell commands).
+    #[serde(rename = "commands", serialize_with = "serialize_commands")]
     pub actions: Vec<Action>,
 }
 
@@ -192,6 +192,8 @@ pub fn run_checks(target: &TuneTarget) -> Vec<Check> {
 pub struct Applied {
     pub check: &'static str,
     pub command: String,
+    /// The check's value before the change.
+    pub was: String,
     /// `dry-run`, `applied`, or `failed: why`.
     pub outcome: String,
 }
@@ -209,7 +211,7 @@ pub fn apply(target: &TuneTarget, checks: &[Check], dry_run: bool) -> Vec<Applie
                     Err(e) => format!("failed: {e}"),
                 }
             };
-            out.push(Applied { check: c.name, command: a.command(), outcome });
+            out.push(Applied { check: c.name, command: a.command(), was: c.current.clone(), outcome });
         }
     }
     out

@@ -76,7 +76,7 @@ pub fn applied(actions: &[Applied]) -> String {
     for a in actions {
         match a.outcome.as_str() {
             "dry-run" => out.push_str(&format!("{}\n", a.command)),
-            "applied" => out.push_str(&format!("applied  {}\n", a.command)),
+            "applied" => out.push_str(&format!("applied  {}  (was {})\n", a.command, a.was)),
             failed => out.push_str(&format!("FAILED   {}  ({failed})\n", a.command)),
         }
     }

@@ -57,8 +57,15 @@ pub fn read_path(p: &Path) -> Result<String, String> {
     }
 }
 
-/// The selected entry of a sysfs choice list: `always [madvise] never` → `madvise`.
+/// The selected entry of a sysfs choice list: `always [madvise] never` → `madvise`; a list of one
+/// (a stacked device's scheduler is just `none`) is that entry.
 pub fn selected(choices: &str) -> Option<&str> {
+    let mut words = choices.split_whitespace();
+    if let (Some(only), None) = (words.next(), words.next()) {
+        if !only.contains('[') {
+            return Some(only);
+        }
+    }
     let start = choices.find('[')?;
     let end = choices[start..].find(']')? + start;
     Some(&choices[start + 1..end])
@@ -111,7 +118,8 @@ mod tests {
     fn choice_lists_and_cpu_lists() {
         assert_eq!(selected("always [madvise] never"), Some("madvise"));
         assert_eq!(selected("none [mq-deadline] kyber bfq"), Some("mq-deadline"));
-        assert_eq!(selected("tsc"), None);
+        assert_eq!(selected("none"), Some("none"));
+        assert_eq!(selected("a b"), None);
         assert_eq!(parse_cpu_list("0-3,8,10-11"), Some(vec![0, 1, 2, 3, 8, 10, 11]));
         assert_eq!(parse_cpu_list("3-1"), None);
         assert_eq!(parse_cpu_list("x"), None);
