@@ -31,6 +31,7 @@ struct BrokerArgs {
     /// TOML configuration file (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Data directory (default ./data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// HOST:PORT of the Kafka listener.

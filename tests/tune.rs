@@ -93,9 +93,12 @@ fn tune_json_has_current_recommended_and_status_per_check() {
         assert!(STATUSES.contains(&c["status"].as_str().expect("status")), "{c}");
         assert!(c["commands"].is_array(), "{c}");
     }
-    // This machine has io_uring (the broker runs here) and the directory is on a real disk.
+    // The broker's tests run here, so io_uring works; target/ is on a disk-backed filesystem that
+    // can be named (ext4/xfs here; an untested one in some CI containers is a "change", not a failure).
     assert_eq!(check(&report, "io_uring")["status"], "ok");
-    assert_eq!(check(&report, "filesystem")["status"], "ok", "{}", check(&report, "filesystem"));
+    let fs_check = check(&report, "filesystem");
+    assert!(fs_check["status"] == "ok" || fs_check["status"] == "change", "{fs_check}");
+    assert!(!fs_check["current"].as_str().expect("current").starts_with("tmpfs"), "{fs_check}");
 }
 
 #[test]
@@ -311,7 +314,9 @@ fn example_config_parses_and_matches_the_unit() {
     assert_eq!(cfg.data_dir, Path::new("/var/lib/sluice"), "the unit's StateDirectory=sluice");
     let sysctl = fs::read_to_string(repo_file("tuning/sysctl.d/90-sluice.conf")).expect("read sysctl drop-in");
     for key in CHECKS.iter().filter(|n| n.starts_with("vm.") || n.starts_with("net.") || n.starts_with("kernel.")) {
-        assert!(sysctl.lines().any(|l| l.starts_with(&format!("{key} = "))), "{key} missing from 90-sluice.conf");
+        // A leading '-' lets sysctl skip keys this kernel does not have.
+        let set = |l: &str| l.trim_start_matches('-').starts_with(&format!("{key} = "));
+        assert!(sysctl.lines().any(set), "{key} missing from 90-sluice.conf");
     }
 }
 

@@ -54,7 +54,7 @@ fn nofile(target: &TuneTarget, cores: u64) -> Check {
     let needed = conns.saturating_add(FD_ALLOWANCE_FOR_LOGS);
     let recommended = format!(">= {needed}");
     let why = format!(
-        "one descriptor per client connection ({cores} cores x {} max_connections_per_core) plus \
+        "one descriptor per client connection ({cores} x {} max_connections_per_core) plus \
          {FD_ALLOWANCE_FOR_LOGS} for log files (about 4 per open segment)",
         target.config.max_connections_per_core
     );
