@@ -7,8 +7,8 @@ use super::{Check, Status, TuneTarget};
 /// Locked memory per executor beyond io_memory_bytes: io_uring rings (charged to memlock before
 /// Linux 5.12) and glommio's small registered buffers.
 const MEMLOCK_MARGIN_PER_CORE_BYTES: u64 = 2 << 20;
-/// Descriptors for log files: about 4 per segment (log, indexes, checkpoint) of every partition,
-/// plus the catalog and probe files; 100 000 covers 25 000 open segments.
+/// Descriptors for logs: every segment file stays open, plus a lock file per partition and brief
+/// ones for indexes and checkpoints; 100 000 covers e.g. 2 000 partitions of 40 segments.
 const FD_ALLOWANCE_FOR_LOGS: u64 = 100_000;
 /// CAP_IPC_LOCK's bit in /proc/self/status CapEff: lets a process lock memory beyond RLIMIT_MEMLOCK.
 const CAP_IPC_LOCK_BIT: u32 = 14;
@@ -55,7 +55,7 @@ fn nofile(target: &TuneTarget, cores: u64) -> Check {
     let recommended = format!(">= {needed}");
     let why = format!(
         "one descriptor per client connection ({cores} x {} max_connections_per_core) plus \
-         {FD_ALLOWANCE_FOR_LOGS} for log files (about 4 per open segment)",
+         {FD_ALLOWANCE_FOR_LOGS} for logs (every segment stays open, plus one lock per partition)",
         target.config.max_connections_per_core
     );
     let c = match getrlimit(libc::RLIMIT_NOFILE) {
