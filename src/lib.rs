@@ -8,10 +8,13 @@
 pub mod admin_client;
 pub mod compaction;
 pub mod config;
+pub mod config_reference;
 pub mod groups;
 pub mod kafka;
 pub mod partition;
 pub mod producer_state;
 pub mod server;
 pub mod shard;
+pub mod startup_log;
 pub mod topics;
+pub mod tune;

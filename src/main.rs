@@ -1,35 +1,107 @@
-//! `sluice`: the broker (`serve`) and a small admin client (`topic ...`).
+//! `sluice`: the broker (`serve`), a small admin client (`topic ...`), host checks (`tune`) and the
+//! configuration reference (`config-reference`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use sluice::admin_client::AdminClient;
 use sluice::config::BrokerConfig;
+use sluice::tune;
+
+/// Log filter when neither `--log-level` nor `SLUICE_LOG` is given.
+const DEFAULT_LOG_FILTER: &str = "info";
+/// Exit code of `sluice tune --strict` when a setting is below its recommendation.
+const EXIT_TUNE_BELOW_RECOMMENDED: u8 = 1;
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Sluice: a thread-per-core, Kafka-compatible streaming broker")]
 struct Cli {
+    /// Log filter (tracing EnvFilter syntax: `debug`, `sluice=debug,glommio=warn`); wins over the
+    /// SLUICE_LOG environment variable. Default: info.
+    #[arg(long, global = true, value_parser = parse_log_filter)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where the broker's configuration comes from: a file, then flags over it.
+#[derive(Args)]
+struct BrokerArgs {
+    /// TOML configuration file (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (default ./data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HOST:PORT of the Kafka listener.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Cores (executors) to use.
+    #[arg(long)]
+    cores: Option<usize>,
+}
+
+impl BrokerArgs {
+    fn load(self) -> anyhow::Result<BrokerConfig> {
+        let mut cfg = match self.config {
+            Some(p) => BrokerConfig::from_file(&p)?,
+            None => BrokerConfig::default(),
+        };
+        if let Some(d) = self.data_dir {
+            cfg.data_dir = d;
+        }
+        if let Some(l) = self.listen {
+            cfg.listen = l;
+        }
+        if self.cores.is_some() {
+            cfg.cores = self.cores;
+        }
+        Ok(cfg)
+    }
+}
+
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s).map(|_| s.to_string()).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker (defaults: ./data, 127.0.0.1:9092, every core).
     Serve {
-        /// TOML configuration file (flags override it).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// HOST:PORT of the Kafka listener.
-        #[arg(long)]
-        listen: Option<String>,
-        /// Cores (executors) to use.
-        #[arg(long)]
-        cores: Option<usize>,
+        #[command(flatten)]
+        broker: BrokerArgs,
     },
+    /// Check this host's Linux settings for the broker (read-only by default).
+    ///
+    /// For each setting: current value, recommended value and why. Exit code 0 when the checks
+    /// ran, whatever they found (1 with --strict if a setting is below its recommendation).
+    Tune {
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Change what can be changed at run time (sysctls, sysfs; needs root) and report each change.
+        #[arg(long)]
+        apply: bool,
+        /// Print the commands --apply would run; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also write, sync and remove a temporary file with O_DIRECT in the data directory (check
+        /// mode otherwise only reads).
+        #[arg(long)]
+        probe_io: bool,
+        /// Exit 1 if any setting is below its recommendation.
+        #[arg(long)]
+        strict: bool,
+        /// JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Read and write /proc and /sys under this directory instead of / (for tests).
+        #[arg(long, hide = true, default_value = "/")]
+        root: PathBuf,
+    },
+    /// Print the configuration reference (Markdown): every option, default, unit, and whether it
+    /// can change at run time. docs/configuration.md is this output.
+    ConfigReference,
     /// Topic administration over the Kafka protocol.
     Topic {
         #[command(subcommand)]
@@ -59,13 +131,19 @@ enum TopicAction {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The flag wins over SLUICE_LOG; both were validated (the flag by clap).
+    let filter = match &cli.log_level {
+        Some(level) => tracing_subscriber::EnvFilter::new(level),
+        None => tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(cli) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("sluice: {e:#}");
             ExitCode::FAILURE
@@ -73,23 +151,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config, data_dir, listen, cores } => {
-            let mut cfg = match config {
-                Some(p) => BrokerConfig::from_file(&p)?,
-                None => BrokerConfig::default(),
-            };
-            if let Some(d) = data_dir {
-                cfg.data_dir = d;
-            }
-            if let Some(l) = listen {
-                cfg.listen = l;
-            }
-            if cores.is_some() {
-                cfg.cores = cores;
-            }
-            sluice::server::run(cfg)
+        Command::Serve { broker } => sluice::server::run(broker.load()?).map(|()| ExitCode::SUCCESS),
+        Command::Tune { broker, apply, dry_run, probe_io, strict, json, root } => {
+            let target = tune::TuneTarget { config: broker.load()?, host: tune::Host::new(root), probe_io };
+            target.broker_cores().map_err(|e| anyhow::anyhow!(e))?;
+            run_tune(&target, apply, dry_run, strict, json)
+        }
+        Command::ConfigReference => {
+            print_to_stdout(&sluice::config_reference::markdown())?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Topic { action, bootstrap } => {
             let mut c = AdminClient::connect(&bootstrap)?;
@@ -135,7 +207,68 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("deleted {name}");
                 }
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Whether changes to the real /proc and /sys can succeed (a fake `--root` is writable by anyone).
+fn is_root(host: &tune::Host) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    host.path("/") != std::path::Path::new("/") || unsafe { libc::geteuid() } == 0
+}
+
+/// Writes to stdout; a closed pipe (`sluice tune | head`) is not an error.
+fn print_to_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// `sluice tune`: check; with `--apply`/`--dry-run` change (or list) and check again.
+fn run_tune(
+    target: &tune::TuneTarget,
+    apply: bool,
+    dry_run: bool,
+    strict: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut checks = tune::run_checks(target);
+    let mut actions = None;
+    if apply || dry_run {
+        let done = tune::apply(target, &checks, dry_run);
+        if !dry_run && !done.is_empty() {
+            checks = tune::run_checks(target);
+        }
+        actions = Some(done);
+    }
+    let mut out = String::new();
+    if json {
+        out.push_str(&tune::report::json(&checks, actions.as_deref()));
+        out.push('\n');
+    } else {
+        if let Some(done) = &actions {
+            out.push_str(if dry_run {
+                "# sluice tune --dry-run: what --apply would run (nothing was changed)\n"
+            } else if is_root(&target.host) {
+                "# sluice tune --apply:\n"
+            } else {
+                "# sluice tune --apply (not root: changes to /proc/sys and /sys will fail):\n"
+            });
+            out.push_str(&tune::report::applied(done));
+            if !dry_run && !done.is_empty() {
+                out.push_str("These last until reboot: see tuning/ for the sysctl drop-in and the systemd unit.\n");
+            }
+            out.push('\n');
+        }
+        out.push_str(&tune::report::table(&checks));
+        out.push('\n');
+        out.push_str(&tune::report::summary(&checks));
+    }
+    print_to_stdout(&out)?;
+    let below = checks.iter().any(|c| c.status == tune::Status::Change);
+    Ok(if strict && below { ExitCode::from(EXIT_TUNE_BELOW_RECOMMENDED) } else { ExitCode::SUCCESS })
 }

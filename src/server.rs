@@ -86,7 +86,9 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("startup executor: {e}"))??;
     let table = Arc::new(table);
     let config = Arc::new(config);
-    info!(?config, cores, topics = table.topics.len(), "starting");
+    info!(cores, topics = table.topics.len(), "starting");
+    crate::startup_log::log_config(&config);
+    crate::startup_log::log_layout(&table, cores);
 
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;

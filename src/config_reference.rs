@@ -1,0 +1,205 @@
+//! The configuration reference (`sluice config-reference`, committed as docs/configuration.md),
+//! generated so that it cannot drift from the code: defaults come from a serialized
+//! `BrokerConfig::default()`, topic configs and their defaults from `TOPIC_CONFIGS` and
+//! `TopicSettings`. What the code cannot say (unit, meaning) is in `BROKER_OPTIONS`, and a unit test
+//! checks that it names every field of `BrokerConfig` and nothing else.
+
+use std::collections::BTreeMap;
+
+use crate::config::{BrokerConfig, TopicSettings, TOPIC_CONFIGS};
+
+/// Documentation of one broker option (a TOML key; `log.x` is `x` in the `[log]` table).
+pub struct OptionDoc {
+    pub key: &'static str,
+    pub unit: &'static str,
+    pub doc: &'static str,
+}
+
+const fn opt(key: &'static str, unit: &'static str, doc: &'static str) -> OptionDoc {
+    OptionDoc { key, unit, doc }
+}
+
+/// Every field of `BrokerConfig`, in the order of the reference.
+pub const BROKER_OPTIONS: &[OptionDoc] = &[
+    opt("data_dir", "path", "Where partitions and metadata live: a block-device filesystem (ext4, xfs) that supports O_DIRECT; tmpfs is refused."),
+    opt("listen", "HOST:PORT", "Kafka listener. Every core listens on it (SO_REUSEPORT)."),
+    opt("advertised_host", "host", "Host advertised to clients in Metadata. None: the listen host."),
+    opt("cores", "cores", "Executors, one pinned per core (the first N cores). None: every core."),
+    opt("node_id", "id", "This broker's id in Metadata."),
+    opt("default_partitions", "count", "Partitions of an auto-created topic (Kafka `num.partitions`)."),
+    opt("auto_create_topics", "bool", "Create unknown topics on Metadata requests that allow it (Kafka `auto.create.topics.enable`)."),
+    opt("max_request_size_bytes", "bytes", "Largest request frame accepted (Kafka `socket.request.max.bytes`)."),
+    opt("max_message_bytes", "bytes", "Largest record batch accepted (Kafka `message.max.bytes`); default of the topic config `max.message.bytes`."),
+    opt("max_connections_per_core", "count", "Open client connections per core; further connections are closed at once."),
+    opt("max_inflight_requests_per_connection", "count", "Requests read from one connection and not yet answered."),
+    opt("max_fetch_wait_ms", "ms", "Upper bound applied to a Fetch's `max_wait_ms`."),
+    opt("cross_core_channel_capacity", "messages", "Cross-core channel capacity per pair of cores."),
+    opt("io_memory_bytes", "bytes", "glommio DMA memory per core, locked in RAM: size `LimitMEMLOCK` from it (`sluice tune` checks)."),
+    opt("retention_check_interval_ms", "ms", "Retention and producer-state snapshots run this often on every core (Kafka `log.retention.check.interval.ms`)."),
+    opt("offsets_topic_partitions", "count", "Partitions of `__consumer_offsets`, fixed when the topic is first created (Kafka `offsets.topic.num.partitions`)."),
+    opt("log.segment_bytes", "bytes", "Default of the topic config `segment.bytes`."),
+    opt("log.segment_ms", "ms", "Default of the topic config `segment.ms`."),
+    opt("log.retention_ms", "ms", "Default of the topic config `retention.ms` (-1: forever)."),
+    opt("log.retention_bytes", "bytes", "Default of the topic config `retention.bytes` (-1: unlimited)."),
+    opt("log.flush_messages", "count", "Default of the topic config `flush.messages`: 1 fsyncs every batch (group commit); larger values leave it to `flush_ms`."),
+    opt("log.flush_ms", "ms", "Default of the topic config `flush.ms`: fsync at least this often while there is unsynced data (the maximum: never)."),
+];
+
+/// The defaults, flattened to `key` / `table.key` with TOML-like values (`None` for unset options).
+pub fn default_values() -> BTreeMap<String, Option<String>> {
+    flatten(&BrokerConfig::default())
+}
+
+/// Any config flattened to `key` → value (nested tables as `table.key`).
+pub fn flatten(config: &BrokerConfig) -> BTreeMap<String, Option<String>> {
+    let mut out = BTreeMap::new();
+    // Serializing a plain struct of strings, numbers and options cannot fail; an empty map would
+    // make the reference test fail loudly rather than hide it.
+    let value = serde_json::to_value(config).unwrap_or(serde_json::Value::Null);
+    flatten_into("", &value, &mut out);
+    out
+}
+
+fn flatten_into(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, Option<String>>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                if v.is_object() {
+                    flatten_into(&key, v, out);
+                } else {
+                    out.insert(key, (!v.is_null()).then(|| v.to_string()));
+                }
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), Some(other.to_string()));
+        }
+    }
+}
+
+/// A value with its unit made readable: `8388608` bytes → `8388608 (8 MiB)`.
+fn readable(value: &str, unit: &str) -> String {
+    let Ok(n) = value.parse::<i64>() else { return format!("`{value}`") };
+    let hint = match unit {
+        _ if n == i64::MAX => Some("never".to_string()),
+        "bytes" if n >= 1 << 10 => Some(bytes_text(n)),
+        "ms" if n >= 1000 => Some(duration_text(n)),
+        _ => None,
+    };
+    match hint {
+        Some(h) => format!("`{value}` ({h})"),
+        None => format!("`{value}`"),
+    }
+}
+
+fn bytes_text(n: i64) -> String {
+    const UNITS: [(&str, i64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (name, size) in UNITS {
+        if n >= size && n % size == 0 {
+            return format!("{} {name}", n / size);
+        }
+    }
+    format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
+}
+
+fn duration_text(ms: i64) -> String {
+    const UNITS: [(&str, i64); 4] = [("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)];
+    for (name, size) in UNITS {
+        if ms >= size && ms % size == 0 {
+            return format!("{} {name}", ms / size);
+        }
+    }
+    format!("{ms} ms")
+}
+
+/// The broker option a topic config defaults to (`segment.bytes` → `log.segment_bytes`).
+fn broker_default_of(topic_config: &str) -> Option<&'static str> {
+    let underscored = topic_config.replace('.', "_");
+    BROKER_OPTIONS.iter().map(|o| o.key).find(|k| *k == format!("log.{underscored}") || *k == underscored)
+}
+
+/// The Markdown reference.
+pub fn markdown() -> String {
+    let defaults = default_values();
+    let mut s = String::new();
+    s.push_str("# Configuration reference\n\n");
+    s.push_str(
+        "Generated by `sluice config-reference` from the code (`src/config_reference.rs`, `src/config.rs`); \
+         a test fails when this file differs from its output. Regenerate with\n\
+         `cargo run --release -- config-reference > docs/configuration.md`.\n\n",
+    );
+    s.push_str("## Broker options\n\n");
+    s.push_str(
+        "A TOML file given with `sluice serve --config FILE`; `--data-dir`, `--listen` and `--cores` override \
+         the file. Options named `log.x` go in a `[log]` table. None of them changes at run time: edit the \
+         file and restart (SIGTERM flushes and checkpoints every partition first). The effective values \
+         are logged at start (`config` lines at info level). Example: `tuning/sluice.toml`.\n\n",
+    );
+    s.push_str("| option | default | unit | changes at run time | meaning |\n|---|---|---|---|---|\n");
+    for o in BROKER_OPTIONS {
+        let default = match defaults.get(o.key) {
+            Some(Some(v)) => readable(v, o.unit),
+            Some(None) => "none".to_string(),
+            None => "?".to_string(),
+        };
+        s.push_str(&format!("| `{}` | {default} | {} | no (restart) | {} |\n", o.key, o.unit, o.doc));
+    }
+    s.push_str("\n## Topic configs\n\n");
+    s.push_str(
+        "Kafka names, set per topic at creation (`sluice topic create NAME --config KEY=VALUE`, CreateTopics) \
+         and changed at run time with AlterConfigs / IncrementalAlterConfigs (e.g. `kafka-configs.sh \
+         --alter`): a change applies to the topic's open partitions at once. A topic without an override \
+         uses the broker default.\n\n",
+    );
+    s.push_str("| config | default | broker default from | changes at run time | meaning |\n|---|---|---|---|---|\n");
+    let base = TopicSettings::resolve(&BrokerConfig::default(), &[]);
+    for (name, doc) in TOPIC_CONFIGS {
+        let value = base.as_ref().ok().and_then(|t| t.value_of(name));
+        let source = broker_default_of(name);
+        let unit = source.and_then(|k| BROKER_OPTIONS.iter().find(|o| o.key == k)).map(|o| o.unit).unwrap_or("");
+        let default = value.map(|v| readable(&v, unit)).unwrap_or_else(|| "?".into());
+        let source = source.map(|k| format!("`{k}`")).unwrap_or_else(|| "fixed".into());
+        s.push_str(&format!("| `{name}` | {default} | {source} | yes (AlterConfigs) | {doc} |\n"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn reference_names_every_field_of_broker_config_and_nothing_else() {
+        let fields: BTreeSet<String> = default_values().into_keys().collect();
+        let documented: BTreeSet<String> = BROKER_OPTIONS.iter().map(|o| o.key.to_string()).collect();
+        assert_eq!(documented.len(), BROKER_OPTIONS.len(), "an option is documented twice");
+        let missing: Vec<_> = fields.difference(&documented).collect();
+        let extra: Vec<_> = documented.difference(&fields).collect();
+        assert!(missing.is_empty(), "BrokerConfig fields missing from BROKER_OPTIONS: {missing:?}");
+        assert!(extra.is_empty(), "BROKER_OPTIONS entries that are not BrokerConfig fields: {extra:?}");
+    }
+
+    #[test]
+    fn every_topic_config_has_a_default() {
+        let md = markdown();
+        for (name, _) in TOPIC_CONFIGS {
+            let row = md.lines().find(|l| l.starts_with(&format!("| `{name}` |"))).expect("a row per topic config");
+            assert!(!row.contains("| ? |"), "no default for {name}: {row}");
+        }
+    }
+
+    #[test]
+    fn readable_units() {
+        assert_eq!(readable("8388608", "bytes"), "`8388608` (8 MiB)");
+        assert_eq!(readable("604800000", "ms"), "`604800000` (7 d)");
+        assert_eq!(readable("9223372036854775807", "count"), "`9223372036854775807` (never)");
+        assert_eq!(readable("\"./data\"", "path"), "`\"./data\"`");
+        assert_eq!(broker_default_of("segment.bytes"), Some("log.segment_bytes"));
+        assert_eq!(broker_default_of("max.message.bytes"), Some("max_message_bytes"));
+        assert_eq!(broker_default_of("compression.type"), None);
+    }
+}
