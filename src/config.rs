@@ -38,7 +38,7 @@ pub struct BrokerConfig {
     pub cross_core_channel_capacity: usize,
     /// glommio DMA memory per executor.
     pub io_memory_bytes: usize,
-    /// Retention and producer-state snapshots run this often on every core (Kafka
+    /// Retention, compaction and producer-state snapshots run this often on every core (Kafka
     /// `log.retention.check.interval.ms`, 5 min there).
     pub retention_check_interval_ms: u64,
     /// Partitions of `__consumer_offsets`, fixed when the topic is first created
