@@ -44,6 +44,11 @@ pub struct BrokerConfig {
     /// Partitions of `__consumer_offsets`, fixed when the topic is first created
     /// (Kafka `offsets.topic.num.partitions`, default 50 there).
     pub offsets_topic_partitions: u32,
+    /// Prometheus metrics endpoint, HOST:PORT (`GET /metrics`); none by default.
+    pub metrics_listen: Option<String>,
+    /// How often each core copies partition offsets, group commits, storage latencies and busy
+    /// time into the metrics a scrape reads.
+    pub metrics_publish_interval_ms: u64,
     /// Memory per core for the compaction key map (Kafka `log.cleaner.dedupe.buffer.size`, shared
     /// by all cleaner threads there): about 40 bytes per distinct key; a partition with more keys
     /// than fit is compacted over several passes.
@@ -103,6 +108,8 @@ impl Default for BrokerConfig {
             io_memory_bytes: 8 << 20,
             retention_check_interval_ms: 60_000,
             offsets_topic_partitions: 16,
+            metrics_listen: None,
+            metrics_publish_interval_ms: 1000,
             cleaner_dedupe_buffer_bytes: 16 << 20,
             log: TopicDefaults::default(),
         }
@@ -129,6 +136,7 @@ impl BrokerConfig {
         anyhow::ensure!(self.max_inflight_requests_per_connection >= 1, "max_inflight_requests_per_connection >= 1");
         anyhow::ensure!(self.default_partitions >= 1, "default_partitions must be >= 1");
         anyhow::ensure!(self.cross_core_channel_capacity >= 1, "cross_core_channel_capacity >= 1");
+        anyhow::ensure!(self.metrics_publish_interval_ms >= 10, "metrics_publish_interval_ms must be >= 10");
         anyhow::ensure!(self.cleaner_dedupe_buffer_bytes >= 64 << 10, "cleaner_dedupe_buffer_bytes must be >= 65536");
         anyhow::ensure!(self.retention_check_interval_ms >= 10, "retention_check_interval_ms must be >= 10");
         anyhow::ensure!(

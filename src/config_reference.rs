@@ -37,6 +37,8 @@ pub const BROKER_OPTIONS: &[OptionDoc] = &[
     opt("io_memory_bytes", "bytes", "glommio DMA memory per core, locked in RAM: size `LimitMEMLOCK` from it (`sluice tune` checks)."),
     opt("retention_check_interval_ms", "ms", "Retention, compaction and producer-state snapshots run this often on every core (Kafka `log.retention.check.interval.ms`)."),
     opt("offsets_topic_partitions", "count", "Partitions of `__consumer_offsets`, fixed when the topic is first created (Kafka `offsets.topic.num.partitions`)."),
+    opt("metrics_listen", "HOST:PORT", "Prometheus metrics endpoint (`GET /metrics`); `--metrics` overrides it. None: no endpoint."),
+    opt("metrics_publish_interval_ms", "ms", "How often each core copies partition offsets, group commits, storage latencies and busy time into what a scrape reads."),
     opt("cleaner_dedupe_buffer_bytes", "bytes", "Memory per core for the compaction key map (Kafka `log.cleaner.dedupe.buffer.size`): about 40 bytes per distinct key; more keys take several passes."),
     opt("log.segment_bytes", "bytes", "Default of the topic config `segment.bytes`."),
     opt("log.segment_ms", "ms", "Default of the topic config `segment.ms`."),

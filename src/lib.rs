@@ -11,6 +11,7 @@ pub mod config;
 pub mod config_reference;
 pub mod groups;
 pub mod kafka;
+pub mod metrics;
 pub mod partition;
 pub mod producer_state;
 pub mod server;

@@ -71,6 +71,9 @@ enum Command {
     Serve {
         #[command(flatten)]
         broker: BrokerArgs,
+        /// Serve Prometheus metrics on http://HOST:PORT/metrics (overrides `metrics_listen`).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics: Option<String>,
     },
     /// Check this host's Linux settings for the broker (read-only by default).
     ///
@@ -153,7 +156,13 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { broker } => sluice::server::run(broker.load()?).map(|()| ExitCode::SUCCESS),
+        Command::Serve { broker, metrics } => {
+            let mut cfg = broker.load()?;
+            if metrics.is_some() {
+                cfg.metrics_listen = metrics;
+            }
+            sluice::server::run(cfg).map(|()| ExitCode::SUCCESS)
+        }
         Command::Tune { broker, apply, dry_run, probe_io, strict, json, root } => {
             let target = tune::TuneTarget { config: broker.load()?, host: tune::Host::new(root), probe_io };
             target.broker_cores().map_err(|e| anyhow::anyhow!(e))?;

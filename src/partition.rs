@@ -75,6 +75,8 @@ pub struct Partition {
     data_arrived: Event,
     /// Idempotent producers writing to this partition.
     producers: RefCell<ProducerStates>,
+    /// Records and bytes of produced batches appended since open (metrics).
+    appended: std::cell::Cell<(u64, u64)>,
 }
 
 impl Partition {
@@ -97,6 +99,7 @@ impl Partition {
             settings: RefCell::new(settings),
             data_arrived: Event::new(),
             producers: RefCell::new(producers),
+            appended: std::cell::Cell::new((0, 0)),
         }))
     }
 
@@ -106,6 +109,20 @@ impl Partition {
 
     pub fn log_start_offset(&self) -> i64 {
         self.log.log_start_offset() as i64
+    }
+
+    /// Offset the next appended record gets (single node: equal to the high watermark).
+    pub fn log_end_offset(&self) -> i64 {
+        self.log.next_offset() as i64
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.log.size_bytes()
+    }
+
+    /// Records and bytes of produced batches appended since open.
+    pub fn appended(&self) -> (u64, u64) {
+        self.appended.get()
     }
 
     pub fn settings(&self) -> TopicSettings {
@@ -149,6 +166,8 @@ impl Partition {
                 appended.base_offset as i64
             };
             first.get_or_insert(base);
+            let (records, bytes) = self.appended.get();
+            self.appended.set((records + info.records_count.max(0) as u64, bytes + info.size as u64));
         }
         self.data_arrived.notify(usize::MAX);
         Ok(Produced { base_offset: first.expect("at least one batch"), log_start_offset: self.log_start_offset() })

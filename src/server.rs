@@ -93,6 +93,10 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    let metrics = crate::metrics::BrokerMetrics::new(cores);
+    if let Some(addr) = &config.metrics_listen {
+        crate::metrics::exporter::start(addr, metrics.clone())?;
+    }
     let ready = Arc::new(AtomicUsize::new(0));
     let startup = Arc::new(std::sync::Barrier::new(cores));
     let requests = MeshBuilder::<Envelope, _>::full(cores, config.cross_core_channel_capacity);
@@ -106,11 +110,13 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
         let (config, table, stop, ready, startup) =
             (config.clone(), table.clone(), stop.clone(), ready.clone(), startup.clone());
         let (requests, replies) = (requests.clone(), replies.clone());
+        let core_metrics = metrics.core(i);
         let h = LocalExecutorBuilder::new(placement)
             .name(&format!("sluice-core-{i}"))
             .io_memory(config.io_memory_bytes)
             .spawn(move || async move {
-                let res = core_main(i, cores, config, table, requests, replies, stop.clone(), ready, startup).await;
+                let mesh = (requests, replies);
+                let res = core_main(i, cores, config, table, mesh, core_metrics, stop.clone(), ready, startup).await;
                 if let Err(e) = &res {
                     error!(core = i, error = %e, "core failed; stopping the broker");
                     stop.store(true, Ordering::SeqCst);
@@ -143,15 +149,18 @@ async fn core_main(
     cores: usize,
     config: Arc<BrokerConfig>,
     table: Arc<TopicTable>,
-    requests: MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>,
-    replies: MeshBuilder<ReplyEnvelope, glommio::channels::channel_mesh::Full>,
+    (requests, replies): (
+        MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>,
+        MeshBuilder<ReplyEnvelope, glommio::channels::channel_mesh::Full>,
+    ),
+    metrics: Arc<crate::metrics::CoreMetrics>,
     stop: Arc<AtomicBool>,
     ready: Arc<AtomicUsize>,
     startup: Arc<std::sync::Barrier>,
 ) -> anyhow::Result<()> {
     let (req_tx, req_rx) = requests.join().await.map_err(|_| anyhow::anyhow!("joining the request mesh"))?;
     let (rep_tx, rep_rx) = replies.join().await.map_err(|_| anyhow::anyhow!("joining the reply mesh"))?;
-    let shard = Shard::new(id, cores, config.clone(), table.clone(), req_tx, rep_tx);
+    let shard = Shard::new(id, cores, config.clone(), table.clone(), req_tx, rep_tx, metrics);
     shard.start_mesh_tasks(req_rx, rep_rx);
     shard.apply_catalog(table).await;
     shard.load_offsets().await?;
@@ -176,23 +185,17 @@ async fn core_main(
     .detach();
     let s = shard.clone();
     glommio::spawn_local(async move {
-        loop {
-            let stopped = futures_lite::future::or(
-                async {
-                    glommio::timer::sleep(Duration::from_millis(s.config.retention_check_interval_ms)).await;
-                    false
-                },
-                async {
-                    s.wait_shutdown().await;
-                    true
-                },
-            )
-            .await;
-            if stopped {
-                break;
-            }
+        while !sleep_unless_shutdown(&s, s.config.retention_check_interval_ms).await {
             s.apply_retention().await;
             s.snapshot_producers().await;
+        }
+    })
+    .detach();
+    let s = shard.clone();
+    glommio::spawn_local(async move {
+        s.publish_metrics();
+        while !sleep_unless_shutdown(&s, s.config.metrics_publish_interval_ms).await {
+            s.publish_metrics();
         }
     })
     .detach();
@@ -215,14 +218,18 @@ async fn core_main(
         };
         if open.get() >= config.max_connections_per_core {
             warn!(core = id, limit = config.max_connections_per_core, "connection limit reached: refusing");
+            shard.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
             drop(stream);
             continue;
         }
         open.set(open.get() + 1);
+        shard.metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        shard.metrics.connections_open.store(open.get() as i64, Ordering::Relaxed);
         let (s, open, closed) = (shard.clone(), open.clone(), closed.clone());
         glommio::spawn_local(async move {
-            crate::kafka::serve_connection(s, stream).await;
+            crate::kafka::serve_connection(s.clone(), stream).await;
             open.set(open.get() - 1);
+            s.metrics.connections_open.store(open.get() as i64, Ordering::Relaxed);
             closed.notify(usize::MAX);
         })
         .detach();
@@ -244,4 +251,19 @@ async fn core_main(
     }
     shard.close_all().await;
     Ok(())
+}
+
+/// Sleeps `ms`, or less if shutdown begins; true when it did.
+async fn sleep_unless_shutdown(shard: &Shard, ms: u64) -> bool {
+    futures_lite::future::or(
+        async {
+            glommio::timer::sleep(Duration::from_millis(ms)).await;
+            false
+        },
+        async {
+            shard.wait_shutdown().await;
+            true
+        },
+    )
+    .await
 }

@@ -162,6 +162,8 @@ pub struct Shard {
     pub shutting_down: Cell<bool>,
     /// Groups whose `__consumer_offsets` partition this core owns.
     pub groups: GroupCoordinator,
+    /// This core's metrics (read by the exporter thread).
+    pub metrics: Arc<crate::metrics::CoreMetrics>,
 }
 
 impl Shard {
@@ -172,6 +174,7 @@ impl Shard {
         catalog: Arc<TopicTable>,
         requests: Senders<Envelope>,
         replies: Senders<ReplyEnvelope>,
+        metrics: Arc<crate::metrics::CoreMetrics>,
     ) -> Rc<Shard> {
         let next = catalog.next_producer_id;
         Rc::new(Shard {
@@ -190,7 +193,37 @@ impl Shard {
             shutdown: Event::new(),
             shutting_down: Cell::new(false),
             groups: GroupCoordinator::default(),
+            metrics,
         })
+    }
+
+    /// Copies what the metrics exporter reads from this core's own state: partition offsets and
+    /// append counters, groups' committed offsets, storage latencies, executor busy time.
+    pub fn publish_metrics(&self) {
+        let partitions = self
+            .partitions
+            .borrow()
+            .values()
+            .map(|p| {
+                let (records, bytes) = p.appended();
+                crate::metrics::PartitionSample {
+                    topic: p.topic.clone(),
+                    partition: p.index,
+                    log_start_offset: p.log_start_offset(),
+                    log_end_offset: p.log_end_offset(),
+                    high_watermark: p.high_watermark(),
+                    size_bytes: p.size_bytes(),
+                    records_appended: records,
+                    bytes_appended: bytes,
+                }
+            })
+            .collect();
+        let commits = self.groups.commit_samples();
+        self.metrics.publish(crate::metrics::CoreSnapshot { partitions, commits });
+        self.metrics.add_storage_latency(&sluice_io::latency::take());
+        // executor_stats() hands over what accumulated since the previous call.
+        let busy = glommio::executor().executor_stats().total_runtime();
+        self.metrics.busy_ns.fetch_add(busy.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Resolves once shutdown has begun.
@@ -244,6 +277,7 @@ impl Shard {
         self.next_call.set(id + 1);
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().insert(id, tx);
+        self.metrics.cross_core_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.requests.send_to(core, Envelope { from: self.id, id, body: req }).await.is_err() {
             self.pending.borrow_mut().remove(&id);
             return CoreReply::Done;
@@ -258,6 +292,7 @@ impl Shard {
             glommio::spawn_local(async move {
                 while let Some(env) = stream.recv().await {
                     let shard = shard.clone();
+                    shard.metrics.cross_core_served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     glommio::spawn_local(async move {
                         let body = shard.handle(env.body).await;
                         let from = env.from;

@@ -16,6 +16,7 @@ mod dio;
 mod error;
 pub mod framed_file;
 mod index;
+pub mod latency;
 mod log;
 mod recovery;
 mod rewrite;

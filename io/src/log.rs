@@ -951,7 +951,10 @@ async fn write_group(
         bytes[at..].fill(0);
         bytes[align_down(total as u64) as usize..total].to_vec()
     };
-    let written = match file.write_at(buf, start).await.ctx(&path, "writing") {
+    let began = Instant::now();
+    let written = file.write_at(buf, start).await.ctx(&path, "writing");
+    crate::latency::record_write(began.elapsed());
+    let written = match written {
         Ok(n) => n,
         Err(e) => {
             for p in group {
@@ -1009,7 +1012,9 @@ async fn sync_active(sh: &Rc<Shared>) -> Result<()> {
     let mut stats = sh.stats.get();
     stats.syncs += 1;
     sh.stats.set(stats);
-    match file.fdatasync().await.ctx(&path, "syncing") {
+    let synced = file.fdatasync().await.ctx(&path, "syncing");
+    crate::latency::record_sync(since.elapsed());
+    match synced {
         Ok(()) => {
             let mut st = sh.state.borrow_mut();
             // Appends written during the sync are not covered by it.

@@ -322,6 +322,22 @@ pub struct GroupCoordinator {
 pub type PartitionCode = (String, i32, ResponseError);
 
 impl GroupCoordinator {
+    /// Every committed offset of this core's groups (metrics).
+    pub fn commit_samples(&self) -> Vec<crate::metrics::CommitSample> {
+        self.groups
+            .borrow()
+            .values()
+            .flat_map(|g| {
+                g.offsets.iter().map(|((topic, partition), c)| crate::metrics::CommitSample {
+                    group: g.id.clone(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: c.offset,
+                })
+            })
+            .collect()
+    }
+
     /// Kafka's member id shape: `<client id>-<uuid>`.
     fn new_member_id(&self, client_id: &str) -> String {
         let prefix = if client_id.is_empty() { "member" } else { client_id };

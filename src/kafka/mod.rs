@@ -16,6 +16,7 @@ pub mod record_batch;
 pub mod response;
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -112,10 +113,13 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
         shard.config.max_inflight_requests_per_connection,
     );
     let writer_peer = peer.clone();
+    let metrics = shard.metrics.clone();
     let writer_task = glommio::spawn_local(async move {
         while let Some(handle) = rx.recv().await {
             match handle.await {
                 Some(Outcome::Respond(chunks)) => {
+                    let bytes: usize = chunks.iter().map(|c| c.len()).sum();
+                    metrics.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
                     if let Err(e) = write_chunks(&mut writer, chunks).await {
                         debug!(peer = %writer_peer, error = %e, "write failed");
                         break;
@@ -147,9 +151,18 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
                 break;
             }
         };
+        shard.metrics.bytes_in.fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
         let s = shard.clone();
         let p = peer.clone();
-        let task = glommio::spawn_local(async move { handle_frame(&s, frame, &p).await }).detach();
+        let task = glommio::spawn_local(async move {
+            let began = std::time::Instant::now();
+            // read_frame guarantees at least 8 bytes (key, version, correlation id).
+            let key = i16::from_be_bytes([frame[0], frame[1]]);
+            let outcome = handle_frame(&s, frame, &p).await;
+            s.metrics.record_request(key, began.elapsed(), matches!(outcome, Outcome::Close(_)));
+            outcome
+        })
+        .detach();
         if tx.send(task).await.is_err() {
             break;
         }
