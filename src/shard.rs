@@ -791,7 +791,8 @@ impl Shard {
             }
             match p.compact(self.config.cleaner_dedupe_buffer_bytes, now).await {
                 Ok(None) => {}
-                Ok(Some(stats)) => crate::compaction::report(&p.topic, p.index, &stats),
+                Ok(Some(stats)) if stats.segments_rewritten > 0 => crate::compaction::report(&p.topic, p.index, &stats),
+                Ok(Some(_)) => {}
                 Err(e) => warn!(topic = %p.topic, partition = p.index, error = %e, "compaction failed"),
             }
         }
