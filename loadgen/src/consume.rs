@@ -32,7 +32,11 @@ pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// Kafka's OFFSET_OUT_OF_RANGE: the position fell below the log start (retention) or above its end.
 const ERROR_OFFSET_OUT_OF_RANGE: i16 = 1;
 
-/// Paces processing at a fixed rate without letting idle time build up credit for a burst.
+/// Most credit a paced consumer may save up while it is faster than its input (seconds of its rate):
+/// without a cap, a consumer that kept up for a minute would process the start of a burst unpaced.
+const PACER_MAX_CREDIT_S: f64 = 0.05;
+
+/// Paces processing at a fixed rate; idle time builds up at most `PACER_MAX_CREDIT_S` of credit.
 struct Pacer {
     rate: f64,
     anchor: Instant,
@@ -45,11 +49,18 @@ impl Pacer {
     }
 
     /// Records that may be processed now (unbounded without a rate).
-    fn allowed(&self, now: Instant) -> u64 {
+    fn allowed(&mut self, now: Instant) -> u64 {
         if self.rate <= 0.0 {
             return u64::MAX;
         }
         let budget = (now.saturating_duration_since(self.anchor).as_secs_f64() * self.rate) as u64;
+        let max_credit = (self.rate * PACER_MAX_CREDIT_S).max(1.0) as u64;
+        if budget > self.done + max_credit {
+            // Forget the excess: move the anchor so that exactly `max_credit` is left.
+            let keep = Duration::from_secs_f64((self.done + max_credit) as f64 / self.rate);
+            self.anchor = now.checked_sub(keep).unwrap_or(self.anchor);
+            return max_credit;
+        }
         budget.saturating_sub(self.done)
     }
 
@@ -64,12 +75,6 @@ impl Pacer {
 
     fn consumed(&mut self, n: u64) {
         self.done += n;
-    }
-
-    /// Nothing to do: restart the budget so that idle time is not saved up.
-    fn idle(&mut self, now: Instant) {
-        self.anchor = now;
-        self.done = 0;
     }
 }
 
@@ -106,9 +111,6 @@ pub fn run_consumer(
         if buffered.is_empty() {
             for o in &mut owned {
                 fetch_into(o, &layout.topic, &shared, group_index, &mut buffered)?;
-            }
-            if buffered.is_empty() {
-                pacer.idle(Instant::now());
             }
         }
         // Process what the pacer allows, then wait for the next slot (or fetch again when empty).
@@ -259,15 +261,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pacer_limits_rate_and_forgets_idle_time() {
+    fn pacer_limits_rate_and_caps_saved_credit() {
         let mut p = Pacer::new(1000.0);
         let t0 = p.anchor;
         assert_eq!(p.allowed(t0 + Duration::from_millis(10)), 10);
         p.consumed(10);
         assert_eq!(p.allowed(t0 + Duration::from_millis(10)), 0);
         assert!(p.wait_for_next(t0 + Duration::from_millis(10)) <= Duration::from_millis(1));
-        p.idle(t0 + Duration::from_secs(5));
-        assert_eq!(p.allowed(t0 + Duration::from_secs(5)), 0);
+        // Five idle seconds leave 50 ms of credit (50 records), not 5000.
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(p.allowed(later), 50);
+        p.consumed(50);
+        assert_eq!(p.allowed(later), 0);
+        assert_eq!(p.allowed(later + Duration::from_secs(1)), 50);
         assert_eq!(Pacer::new(0.0).allowed(t0), u64::MAX);
     }
 

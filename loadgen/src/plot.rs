@@ -86,7 +86,7 @@ fn latency_over_time(summary: &Summary) -> Result<String> {
         0f64..end_time(summary),
         (ymin..ymax).log_scale(),
         ("seconds since start", "latency (ms, log)"),
-        None,
+        (None, None),
         SeriesLabelPosition::UpperRight,
         series,
     )
@@ -117,7 +117,7 @@ fn percentile_curves(summary: &Summary, histograms: &RunHistograms) -> Result<St
         (1f64..xmax).log_scale(),
         (ymin..ymax).log_scale(),
         ("percentile (log scale of 1/(1-p))", "latency (ms, log)"),
-        Some(&|x: &f64| percentile_label(*x)),
+        (Some(&|x: &f64| percentile_label(*x)), None),
         SeriesLabelPosition::UpperLeft,
         series,
     )
@@ -171,7 +171,7 @@ fn linear_time_chart(
         0f64..end_time(summary),
         0f64..ymax,
         ("seconds since start", y_desc),
-        None,
+        (None, Some(&|y: &f64| format!("{y:.0}"))),
         SeriesLabelPosition::UpperRight,
         series,
     )
@@ -184,6 +184,9 @@ fn log_bounds(series: &[(String, Vec<(f64, f64)>)]) -> (f64, f64) {
     (log_floor(series.iter().flat_map(|(_, s)| s.iter().map(|p| &p.1))), ymax)
 }
 
+/// How an axis writes its labels (`None`: plotters' default).
+type LabelFormat<'a> = Option<&'a dyn Fn(&f64) -> String>;
+
 /// One chart of lines with a legend, as SVG text.
 #[allow(clippy::too_many_arguments)] // one call per plot, every argument named at the call site
 fn line_chart<X, Y>(
@@ -192,7 +195,7 @@ fn line_chart<X, Y>(
     x: X,
     y: Y,
     (x_desc, y_desc): (&str, &str),
-    x_labels: Option<&dyn Fn(&f64) -> String>,
+    (x_labels, y_labels): (LabelFormat, LabelFormat),
     legend: SeriesLabelPosition,
     series: Vec<(String, Vec<(f64, f64)>)>,
 ) -> Result<String>
@@ -217,6 +220,9 @@ where
         mesh.x_desc(x_desc).y_desc(y_desc);
         if let Some(format) = x_labels {
             mesh.x_label_formatter(format);
+        }
+        if let Some(format) = y_labels {
+            mesh.y_label_formatter(format);
         }
         mesh.draw().map_err(|e| err(what, e))?;
         for (i, (name, points)) in series.into_iter().enumerate() {

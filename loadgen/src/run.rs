@@ -126,12 +126,7 @@ pub fn run_scenario(scenario: &Scenario, options: &RunOptions) -> Result<(Summar
     // Consumers start at the current end of the log (an earlier run's records are not this run's).
     let mut lag_connections = Vec::new();
     for (address, ps) in layout.by_leader(&(0..partitions).collect::<Vec<_>>())? {
-        let conn = if address == admin.broker() {
-            Connection::connect(admin.broker())?
-        } else {
-            Connection::connect(&address)?
-        };
-        lag_connections.push((conn, ps));
+        lag_connections.push((Connection::connect(&address)?, ps));
     }
     let start_offsets = sample_end_offsets(&mut lag_connections, &layout.topic, partitions)?;
 
