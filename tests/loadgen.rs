@@ -197,6 +197,32 @@ fn fanout_delivers_every_record_to_every_group() {
 }
 
 #[test]
+fn closed_loop_and_compressed_acks_all_runs_deliver_everything() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let broker = Broker::start();
+    // Closed loop, kept small: one request in flight, 100-record batches, 1.2 s.
+    let max = ["producer.mode=\"max\"", "producer.max_in_flight=1", "producer.batch_max_records=100"];
+    let report = run(&broker, &scenario("steady-1k", 0.02, &max.map(String::from)), RunOptions::default());
+    assert_outputs(&report);
+    let s = &report.summary;
+    assert_eq!(s.errors, 0, "errors: {:?}", s.errors_by_code);
+    assert!(s.acked > s.scheduled_records, "closed loop acked only {} records", s.acked);
+    assert_eq!(s.groups[0].consumed, s.acked);
+    // Open loop with zstd, keyed records of random sizes, acks=all.
+    let zstd = [
+        "producer.compression=\"zstd\"",
+        "producer.acks=-1",
+        "producer.key_distribution=\"uniform\"",
+        "producer.size_distribution=\"uniform\"",
+    ];
+    let report = run(&broker, &scenario("steady-1k", 0.03, &zstd.map(String::from)), RunOptions::default());
+    let s = &report.summary;
+    assert_rate_kept(s);
+    assert_eq!(s.groups[0].consumed, s.acked);
+    assert_eq!(s.groups[0].e2e_latency.count, s.acked);
+}
+
+#[test]
 fn a_stalled_broker_shows_in_the_max_latency() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let broker = Arc::new(Broker::start());

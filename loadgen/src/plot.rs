@@ -118,7 +118,7 @@ fn percentile_curves(summary: &Summary, histograms: &RunHistograms) -> Result<St
         (ymin..ymax).log_scale(),
         ("percentile (log scale of 1/(1-p))", "latency (ms, log)"),
         (Some(&|x: &f64| percentile_label(*x)), None),
-        SeriesLabelPosition::UpperLeft,
+        SeriesLabelPosition::LowerRight,
         series,
     )
 }

@@ -489,6 +489,9 @@ fn account_acked(shared: &Shared, request: &InFlight, now_us: u64) {
         if let Some(counter) = shared.acked_per_phase.get(usize::from(phase)) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(last) = shared.last_ack_us_per_phase.get(usize::from(phase)) {
+            last.fetch_max(now_us, Ordering::Relaxed);
+        }
     }
     shared.acked.fetch_add(request.records.len() as u64, Ordering::Relaxed);
     shared.acked_bytes.fetch_add(request.bytes, Ordering::Relaxed);

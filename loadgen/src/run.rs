@@ -41,7 +41,7 @@ pub struct PhaseSummary {
     pub target_rate: f64,
     pub duration_s: f64,
     pub acked: u64,
-    /// Acked records of the phase ÷ its duration.
+    /// Acked records of the phase ÷ the time from its start to its last ack (at least its duration).
     pub achieved_rate: f64,
     pub produce_latency: Percentiles,
 }
@@ -321,18 +321,24 @@ impl Collector {
         let acked_bytes = s.acked_bytes.load(Ordering::Relaxed);
         let send_span_s = (s.last_send_us.load(Ordering::Relaxed) as f64 / 1e6).max(scenario.scheduled_duration_s());
         let produce = s.produce.lock().unwrap_or_else(|p| p.into_inner());
+        let mut phase_start_s = 0.0;
         let phases: Vec<PhaseSummary> = scenario
             .phases
             .iter()
             .enumerate()
             .map(|(i, p)| {
                 let acked = s.acked_per_phase[i].load(Ordering::Relaxed);
+                // Acks that come after the phase's end stretch its span: a broker that falls behind
+                // shows a lower achieved rate, not only a higher latency.
+                let last_ack_s = s.last_ack_us_per_phase[i].load(Ordering::Relaxed) as f64 / 1e6;
+                let span_s = p.duration_s.max(last_ack_s - phase_start_s);
+                phase_start_s += p.duration_s;
                 PhaseSummary {
                     name: p.name.clone(),
                     target_rate: p.rate,
                     duration_s: p.duration_s,
                     acked,
-                    achieved_rate: if p.duration_s > 0.0 { acked as f64 / p.duration_s } else { 0.0 },
+                    achieved_rate: if span_s > 0.0 { acked as f64 / span_s } else { 0.0 },
                     produce_latency: produce.phase(i).map(Percentiles::of).unwrap_or_default(),
                 }
             })
@@ -357,10 +363,13 @@ impl Collector {
                 let lags: Vec<(f64, u64)> = self.points.iter().map(|pt| (pt.t_s, pt.groups[gi].lag)).collect();
                 let (peak_at, peak) =
                     lags.iter().copied().fold((0.0, 0u64), |best, (t, lag)| if lag > best.1 { (t, lag) } else { best });
+                // Zero when the first sample after the burst already finds the group caught up.
                 let drain = burst_end_s.and_then(|end| {
-                    lags.iter()
-                        .find(|&&(t, lag)| t >= end && lag <= scenario.drained_lag_records)
-                        .map(|&(t, _)| t - end)
+                    let mut after = lags.iter().filter(|&&(t, _)| t >= end).peekable();
+                    match after.peek() {
+                        Some(&&(_, lag)) if lag <= scenario.drained_lag_records => Some(0.0),
+                        _ => after.find(|&&(_, lag)| lag <= scenario.drained_lag_records).map(|&(t, _)| t - end),
+                    }
                 });
                 GroupSummary {
                     name: g.name.clone(),

@@ -83,6 +83,8 @@ pub struct Shared {
     pub errors_by_code: Mutex<BTreeMap<i16, u64>>,
     /// Acked records per phase.
     pub acked_per_phase: Vec<AtomicU64>,
+    /// When the last record of each phase was acked, microseconds after `start`.
+    pub last_ack_us_per_phase: Vec<AtomicU64>,
     /// When the last record was handed to the socket, microseconds after `start`.
     pub last_send_us: AtomicU64,
     /// When the last ack arrived, microseconds after `start`.
@@ -111,6 +113,7 @@ impl Shared {
             errors: AtomicU64::new(0),
             errors_by_code: Mutex::new(BTreeMap::new()),
             acked_per_phase: (0..phases).map(|_| AtomicU64::new(0)).collect(),
+            last_ack_us_per_phase: (0..phases).map(|_| AtomicU64::new(0)).collect(),
             last_send_us: AtomicU64::new(0),
             last_ack_us: AtomicU64::new(0),
             groups: groups
