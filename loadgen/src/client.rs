@@ -16,8 +16,9 @@ use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListO
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, FetchRequest, GroupId, ListOffsetsRequest,
-    MetadataRequest, OffsetCommitRequest, ProduceRequest, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, FetchRequest, FindCoordinatorRequest,
+    GroupId, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, ProduceRequest, RequestHeader, ResponseHeader,
+    TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 
@@ -35,6 +36,9 @@ pub const CLIENT_ID: &str = "sluice-loadgen";
 const ERROR_UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const ERROR_LEADER_NOT_AVAILABLE: i16 = 5;
 const ERROR_TOPIC_ALREADY_EXISTS: i16 = 36;
+const ERROR_COORDINATOR_NOT_AVAILABLE: i16 = 15;
+/// How long to wait for a group coordinator to become available.
+pub const COORDINATOR_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The versions this client can speak, per API (kafka-protocol encodes any of them; these are the
 /// ones with topic names rather than only topic ids, and RecordBatch v2).
@@ -46,6 +50,7 @@ fn supported_range(key: ApiKey) -> (i16, i16) {
         ApiKey::Metadata => (1, 12),
         ApiKey::CreateTopics => (2, 7),
         ApiKey::OffsetCommit => (2, 8),
+        ApiKey::FindCoordinator => (1, 4),
         ApiKey::ApiVersions => (0, 0),
         _ => (0, -1),
     }
@@ -380,8 +385,42 @@ pub fn latest_offsets(conn: &mut Connection, topic: &str, partitions: &[i32]) ->
     Ok(out)
 }
 
+/// The `host:port` of `group`'s coordinator (FindCoordinator; waits while it is not available yet).
+pub fn find_coordinator(conn: &mut Connection, group: &str) -> Result<String> {
+    let version = conn.version(ApiKey::FindCoordinator)?;
+    let key = StrBytes::from_string(group.to_string());
+    let request = if version >= 4 {
+        FindCoordinatorRequest::default().with_key_type(0).with_coordinator_keys(vec![key])
+    } else {
+        FindCoordinatorRequest::default().with_key_type(0).with_key(key)
+    };
+    let deadline = Instant::now() + COORDINATOR_TIMEOUT;
+    loop {
+        let response = conn.call(&request)?;
+        let (code, message, host, port) = match response.coordinators.first() {
+            Some(c) if version >= 4 => (c.error_code, c.error_message.clone(), c.host.clone(), c.port),
+            _ => (response.error_code, response.error_message.clone(), response.host.clone(), response.port),
+        };
+        match code {
+            0 => return Ok(format!("{}:{port}", host.as_str())),
+            ERROR_COORDINATOR_NOT_AVAILABLE if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            code => {
+                return Err(LoadgenError::Broker {
+                    broker: conn.broker().to_string(),
+                    api: "FindCoordinator",
+                    code,
+                    detail: message.map(|m| m.to_string()),
+                })
+            }
+        }
+    }
+}
+
 /// Commits `offsets` (partition, next offset to read) for a standalone consumer of `group`
 /// (generation -1, no member id: Kafka's "simple" commit, accepted while the group has no members).
+/// `conn` must be the group's coordinator.
 pub fn commit_offsets(conn: &mut Connection, group: &str, topic: &str, offsets: &[(i32, i64)]) -> Result<()> {
     let request = OffsetCommitRequest::default()
         .with_group_id(GroupId(StrBytes::from_string(group.to_string())))

@@ -16,7 +16,9 @@ use kafka_protocol::messages::{ApiKey, FetchRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::RecordBatchDecoder;
 
-use crate::client::{commit_offsets, decode_response, encode_request, read_frame, Connection, TopicLayout};
+use crate::client::{
+    commit_offsets, decode_response, encode_request, find_coordinator, read_frame, Connection, TopicLayout,
+};
 use crate::error::{LoadgenError, Result};
 use crate::produce::decode_value_header;
 use crate::scenario::GroupSpec;
@@ -27,6 +29,8 @@ pub const FETCH_MAX_WAIT_MS: i32 = 100;
 /// Bytes a fetch asks for per partition, and in all.
 pub const FETCH_PARTITION_MAX_BYTES: i32 = 1 << 20;
 pub const FETCH_MAX_BYTES: i32 = 8 << 20;
+/// How often a consumer without partitions checks for the end of the run.
+const IDLE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// How often positions are committed.
 pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// Kafka's OFFSET_OUT_OF_RANGE: the position fell below the log start (retention) or above its end.
@@ -104,7 +108,23 @@ pub fn run_consumer(
     let rate = if group.max_records_per_sec > 0.0 { group.max_records_per_sec / group.consumers as f64 } else { 0.0 };
     let mut pacer = Pacer::new(rate);
     let mut last_commit = Instant::now();
-    let mut commits_enabled = true;
+    if owned.is_empty() {
+        // More consumers than partitions: this one has nothing to read.
+        while !shared.stopping() {
+            thread::sleep(IDLE_CHECK_INTERVAL);
+        }
+        return Ok(());
+    }
+    // Offsets go to the group's coordinator. Without one, this consumer does not commit (the
+    // measurement does not depend on commits) and says so once.
+    let mut coordinator = match find_coordinator(&mut owned[0].conn, &group.name).and_then(|a| Connection::connect(&a))
+    {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            eprintln!("sluice-loadgen: group {}: no coordinator ({e}); offsets are not committed", group.name);
+            None
+        }
+    };
     // Fetched records not processed yet: (partition, offset, value).
     let mut buffered: std::collections::VecDeque<(i32, i64, Option<Bytes>)> = Default::default();
     while !shared.stopping() {
@@ -132,31 +152,34 @@ pub fn run_consumer(
         } else if !buffered.is_empty() {
             thread::sleep(pacer.wait_for_next(Instant::now()).min(Duration::from_millis(10)));
         }
-        if commits_enabled && last_commit.elapsed() >= COMMIT_INTERVAL {
+        if last_commit.elapsed() >= COMMIT_INTERVAL {
             last_commit = Instant::now();
-            for o in &mut owned {
-                let offsets: Vec<(i32, i64)> = o
-                    .partitions
-                    .iter()
-                    .map(|&p| (p, state.positions[p as usize].load(Ordering::Relaxed)))
-                    .filter(|&(_, offset)| offset >= 0)
-                    .collect();
-                if offsets.is_empty() {
-                    continue;
-                }
-                // Offsets belong to the group coordinator; a broker that is not it says so, and then
-                // this consumer stops committing (the measurement does not depend on commits).
-                if let Err(e) = commit_offsets(&mut o.conn, &group.name, &layout.topic, &offsets) {
-                    eprintln!(
-                        "sluice-loadgen: group {}: offset commit to {} failed ({e}); not committing",
-                        group.name, o.address
-                    );
-                    commits_enabled = false;
-                }
-            }
+            commit_positions(&mut coordinator, &group.name, &layout.topic, &mine, state);
         }
     }
+    // The final positions, so that the group's committed offsets are where this run left it.
+    commit_positions(&mut coordinator, &group.name, &layout.topic, &mine, state);
     Ok(())
+}
+
+/// Commits the group's positions in `partitions`; on a failure, says so and stops committing.
+fn commit_positions(
+    coordinator: &mut Option<Connection>,
+    group: &str,
+    topic: &str,
+    partitions: &[i32],
+    state: &crate::stats::GroupState,
+) {
+    let Some(conn) = coordinator.as_mut() else { return };
+    let offsets: Vec<(i32, i64)> = partitions
+        .iter()
+        .map(|&p| (p, state.positions[p as usize].load(Ordering::Relaxed)))
+        .filter(|&(_, offset)| offset >= 0)
+        .collect();
+    if let Err(e) = commit_offsets(conn, group, topic, &offsets) {
+        eprintln!("sluice-loadgen: group {group}: offset commit failed ({e}); not committing any more");
+        *coordinator = None;
+    }
 }
 
 /// One Fetch for the partitions of `o` at the group's positions; complete records at or after each
