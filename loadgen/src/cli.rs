@@ -256,4 +256,19 @@ mod tests {
         assert!(s.phases.iter().all(|p| p.rate == 250.0));
         assert!(parse(["sluice-loadgen", "compare", "x.toml"]).is_err());
     }
+
+    #[test]
+    fn ratio_table_divides_by_the_first_target() {
+        // The summary of the run documented in README.md.
+        let a: Summary = serde_json::from_str(include_str!("../docs/peak-shaving/summary.json")).unwrap();
+        let mut b = a.clone();
+        b.produce_latency.p99_ms = a.produce_latency.p99_ms * 2.0;
+        b.groups[0].drain_time_after_burst_s = None;
+        let table = ratio_table(&[("a".into(), a), ("b".into(), b)]);
+        let row = |name: &str| table.lines().find(|l| l.starts_with(name)).unwrap().to_string();
+        assert!(table.lines().next().unwrap().contains("b/a"));
+        assert!(row("produce p99 (ms)").trim_end().ends_with("2.00"), "{table}");
+        assert!(row("produce p50 (ms)").trim_end().ends_with("1.00"), "{table}");
+        assert!(row("drain after burst (s)").trim_end().ends_with('-'), "{table}");
+    }
 }
