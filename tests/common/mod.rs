@@ -664,3 +664,18 @@ impl Broker {
         self.cores = cores;
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Appended for tests/loadgen.rs.
+
+impl Broker {
+    /// Sends `signal` to the running broker process: SIGSTOP/SIGCONT freeze and thaw it (a stall that
+    /// keeps every connection open, as a long GC pause or a stuck disk would).
+    pub fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("signal: broker is not running");
+        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+        // SAFETY: plain kill(2) on the pid of our own child, which has not been reaped yet.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({signal}): {}", io::Error::last_os_error());
+    }
+}
