@@ -3,7 +3,8 @@
 //! `server` starts one executor per core; `shard` is one core's partitions and its messaging with
 //! the other cores; `kafka` is the protocol front end (one module per API); `partition` wraps the
 //! storage engine (`sluice-io`) with Kafka's batch validation and offsets; `compaction` keeps the
-//! latest record per key of compacted topics; `topics` is the catalog.
+//! latest record per key of compacted topics; `topics` is the catalog; `replication` is the
+//! broker-to-broker protocol.
 
 pub mod admin_client;
 pub mod compaction;
@@ -14,6 +15,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod partition;
 pub mod producer_state;
+pub mod replication;
 pub mod server;
 pub mod shard;
 pub mod startup_log;

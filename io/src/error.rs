@@ -33,6 +33,16 @@ pub enum Error {
     #[error("corrupt checkpoint {path}: {reason}")]
     CorruptCheckpoint { path: PathBuf, reason: String },
 
+    /// The leader-epoch cache file failed validation. The engine cannot rebuild it (epochs live
+    /// inside the opaque batches): the caller decides, e.g. delete the file and re-assign epochs
+    /// from its batches.
+    #[error("corrupt leader-epoch cache {path}: {reason}")]
+    CorruptEpochCache { path: PathBuf, reason: String },
+
+    /// A leader epoch must be >= 0.
+    #[error("invalid leader epoch {epoch}: epochs are >= 0")]
+    InvalidEpoch { epoch: i32 },
+
     /// Data read back from a segment did not match what the index or log state promised.
     #[error("corrupt segment {path} at position {position}: {reason}")]
     CorruptSegment { path: PathBuf, position: u64, reason: String },

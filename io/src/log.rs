@@ -25,6 +25,7 @@ use crate::batch::{BatchHeader, HEADER_LEN};
 use crate::cache::TailCache;
 use crate::checkpoint::LogCheckpoint;
 use crate::config::{Durability, LogConfig};
+use crate::epochs::EpochCache;
 use crate::error::{Error, GlommioResultExt, IoResultExt, Result};
 use crate::framed_file::sync_dir;
 use crate::recovery::{delete_segment_files, recover, remove_index_files, RecoveryReport};
@@ -109,6 +110,8 @@ enum Control {
     Retention(i64),
     AdvanceStart(u64),
     Checkpoint,
+    /// Record a leader epoch's start offset (persisted before it is visible).
+    AssignEpoch(i32, u64),
     Flush,
     Close,
     Abandon,
@@ -166,6 +169,9 @@ struct Shared {
     /// The directory lock file (flock'ed), held while the writer runs.
     lock: RefCell<Option<std::fs::File>>,
     report: RecoveryReport,
+    /// Leader epochs; changed and persisted only by the writer (and by `open` before it starts),
+    /// so writes of the epoch file never race.
+    epochs: RefCell<EpochCache>,
 }
 
 /// Holds appends back while an offset-changing operation (truncation) is queued or running.
@@ -223,8 +229,20 @@ impl Log {
         let dir = std::path::absolute(&dir).ctx(&dir, "resolving log directory")?;
         crate::dio::prepare_dir(&dir).await?;
         let lock = lock_dir(&dir)?;
+        // Before recovery opens segment files: a damaged epoch file fails the open with nothing to
+        // close.
+        let mut epochs = EpochCache::load(&dir).await?;
         let rec = recover(&dir, &config).await?;
         let next = rec.segments.values().next_back().map(|s| s.next_offset).unwrap_or(0);
+        // As Kafka does at load: entries past the recovered end (written before a crash cut the
+        // tail, or epochs that never got data) and below the log start do not describe this log.
+        let cut_end = epochs.truncate_from_end(next);
+        let cut_start = epochs.truncate_from_start(rec.log_start_offset);
+        if cut_end || cut_start {
+            // Persisted now: a stale entry left in the file would come back after the log grows
+            // past it.
+            epochs.persist(&dir).await?;
+        }
         let state = State {
             segments: rec.segments,
             next_offset: next,
@@ -251,6 +269,7 @@ impl Log {
             stats: Cell::new(LogStats::default()),
             lock: RefCell::new(Some(lock)),
             report: rec.report,
+            epochs: RefCell::new(epochs),
         });
         let verified = shared.report.batches_verified > 0 || shared.report.truncation.is_some();
         glommio::spawn_local(writer_loop(shared.clone())).detach();
@@ -286,6 +305,34 @@ impl Log {
     /// The current configuration.
     pub fn config(&self) -> LogConfig {
         self.shared().config.get()
+    }
+
+    /// The leader-epoch cache (a copy; it is small).
+    pub fn epochs(&self) -> EpochCache {
+        self.shared().epochs.borrow().clone()
+    }
+
+    /// The newest leader epoch recorded in this log.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.shared().epochs.borrow().latest_epoch()
+    }
+
+    /// Where `requested` ended in this log, against the current log end (see
+    /// [`EpochCache::end_offset_for`]): what a leader answers to OffsetsForLeaderEpoch.
+    pub fn epoch_end_offset(&self, requested: i32) -> Option<(i32, u64)> {
+        let leo = self.next_offset();
+        self.shared().epochs.borrow().end_offset_for(requested, leo)
+    }
+
+    /// Records that leader epoch `epoch` starts at `start_offset` (Kafka's rules: see
+    /// [`EpochCache::assign`]), ordered with queued appends and durable when it returns. Returns
+    /// whether the cache changed. Truncation, retention and DeleteRecords keep the cache in step
+    /// with the log by themselves.
+    pub async fn assign_epoch(&self, epoch: i32, start_offset: u64) -> Result<bool> {
+        if epoch < 0 {
+            return Err(Error::InvalidEpoch { epoch });
+        }
+        self.control(Control::AssignEpoch(epoch, start_offset)).await.map(|n| n == 1)
     }
 
     /// Counters since open.
@@ -1126,6 +1173,16 @@ async fn run_control(sh: &Rc<Shared>, op: Control) -> Result<u64> {
             res.map(|()| 0)
         }
         Control::Truncate(offset) => truncate(sh, offset).await.map(|()| 0),
+        Control::AssignEpoch(epoch, start) => {
+            let mut next = sh.epochs.borrow().clone();
+            if !next.assign(epoch, start)? {
+                return Ok(0);
+            }
+            // Visible only once durable: a failed write leaves the cache as it was.
+            next.persist(&sh.dir).await?;
+            *sh.epochs.borrow_mut() = next;
+            Ok(1)
+        }
         Control::Retention(now) => retention(sh, now).await,
         Control::AdvanceStart(offset) => advance_start(sh, offset).await,
         Control::Replace(rw) => replace_segment(sh, *rw).await,
@@ -1213,8 +1270,22 @@ async fn truncate(sh: &Rc<Shared>, offset: u64) -> Result<()> {
     sync_dir(&sh.dir).await?;
     // The recovery point must not stay above the new end.
     write_checkpoint(sh).await?;
+    update_epochs(sh, |e| e.truncate_from_end(cut_offset)).await?;
     warn!(dir = %sh.dir.display(), offset, new_end = cut_offset, "log truncated");
     Ok(())
+}
+
+/// Applies a truncation to the epoch cache and persists it when it changed. The cache follows the
+/// log even if the write fails (the next open trims the file against the log again).
+async fn update_epochs(sh: &Shared, change: impl FnOnce(&mut EpochCache) -> bool) -> Result<()> {
+    let snapshot = {
+        let mut epochs = sh.epochs.borrow_mut();
+        if !change(&mut epochs) {
+            return Ok(());
+        }
+        epochs.clone()
+    };
+    snapshot.persist(&sh.dir).await
 }
 
 async fn reload_tail(sh: &Rc<Shared>, base: u64) -> Result<()> {
@@ -1242,6 +1313,9 @@ async fn truncate_fully(sh: &Rc<Shared>, offset: u64) -> Result<()> {
     for b in &doomed {
         delete_segment_files(&sh.dir, *b).await?;
     }
+    // Kafka clears the epoch cache when it empties a log; a crash before this write leaves
+    // entries that the next open trims to the new start.
+    update_epochs(sh, EpochCache::clear).await?;
     let seg = Segment::create(&sh.dir, offset).await?;
     sync_dir(&sh.dir).await?;
     let mut st = sh.state.borrow_mut();
@@ -1294,6 +1368,7 @@ async fn retention(sh: &Rc<Shared>, now_ms: i64) -> Result<u64> {
         }
     }
     write_checkpoint(sh).await?;
+    update_epochs(sh, |e| e.truncate_from_start(new_start)).await?;
     for b in &doomed {
         delete_segment_files(&sh.dir, *b).await?;
     }
@@ -1328,6 +1403,7 @@ async fn advance_start(sh: &Rc<Shared>, offset: u64) -> Result<u64> {
         doomed
     };
     write_checkpoint(sh).await?;
+    update_epochs(sh, |e| e.truncate_from_start(offset)).await?;
     for b in &doomed {
         delete_segment_files(&sh.dir, *b).await?;
     }
