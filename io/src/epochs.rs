@@ -92,8 +92,7 @@ impl EpochCache {
         if epoch < 0 {
             return Err(Error::InvalidEpoch { epoch });
         }
-        let needed = self.latest().is_none_or(|l| l.epoch != epoch || start_offset < l.start_offset);
-        if !needed {
+        if !self.assign_changes(epoch, start_offset) {
             return Ok(false);
         }
         while self.entries.last().is_some_and(|l| l.epoch >= epoch || l.start_offset >= start_offset) {
@@ -102,6 +101,12 @@ impl EpochCache {
         self.entries.push(EpochEntry { epoch, start_offset });
         debug_assert!(EpochCache::from_entries(self.entries.clone()).is_some());
         Ok(true)
+    }
+
+    /// Whether `assign(epoch, start_offset)` would change the cache: only the latest epoch again,
+    /// at or after its start, does not.
+    pub fn assign_changes(&self, epoch: i32, start_offset: u64) -> bool {
+        self.latest().is_none_or(|l| l.epoch != epoch || start_offset < l.start_offset)
     }
 
     /// The epoch holding `offset`: that of the last entry starting at or before it.

@@ -172,6 +172,9 @@ struct Shared {
     /// Leader epochs; changed and persisted only by the writer (and by `open` before it starts),
     /// so writes of the epoch file never race.
     epochs: RefCell<EpochCache>,
+    /// `assign_epoch` calls queued and not yet run by the writer; while there are any, a new call
+    /// cannot be judged a no-op against the current cache and must queue too.
+    queued_assigns: Cell<u64>,
 }
 
 /// Holds appends back while an offset-changing operation (truncation) is queued or running.
@@ -270,6 +273,7 @@ impl Log {
             lock: RefCell::new(Some(lock)),
             report: rec.report,
             epochs: RefCell::new(epochs),
+            queued_assigns: Cell::new(0),
         });
         let verified = shared.report.batches_verified > 0 || shared.report.truncation.is_some();
         glommio::spawn_local(writer_loop(shared.clone())).detach();
@@ -332,6 +336,16 @@ impl Log {
         if epoch < 0 {
             return Err(Error::InvalidEpoch { epoch });
         }
+        let sh = self.shared();
+        // Fast path for the common call (a follower assigning every fetched batch's epoch): the
+        // latest epoch again changes nothing, and costs no trip through the writer (which would
+        // break a group commit).
+        if sh.queued_assigns.get() == 0 && !sh.epochs.borrow().assign_changes(epoch, start_offset) {
+            return Ok(false);
+        }
+        // Decremented by the writer when it runs the op; a count left behind by a failed log only
+        // disables the fast path.
+        sh.queued_assigns.set(sh.queued_assigns.get() + 1);
         self.control(Control::AssignEpoch(epoch, start_offset)).await.map(|n| n == 1)
     }
 
@@ -1174,6 +1188,7 @@ async fn run_control(sh: &Rc<Shared>, op: Control) -> Result<u64> {
         }
         Control::Truncate(offset) => truncate(sh, offset).await.map(|()| 0),
         Control::AssignEpoch(epoch, start) => {
+            sh.queued_assigns.set(sh.queued_assigns.get().saturating_sub(1));
             let mut next = sh.epochs.borrow().clone();
             if !next.assign(epoch, start)? {
                 return Ok(0);

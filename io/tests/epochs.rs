@@ -4,6 +4,8 @@
 mod common;
 
 use common::*;
+use std::future::Future;
+
 use sluice_io::{EpochEntry, Error, Log, LogConfig, EPOCH_CHECKPOINT_FILE};
 
 fn e(epoch: i32, start_offset: u64) -> EpochEntry {
@@ -118,6 +120,37 @@ fn a_damaged_epoch_file_fails_the_open_until_the_caller_decides() {
         assert_eq!(log.next_offset(), 3);
         log.assign_epoch(7, 0).await.unwrap();
         assert_eq!(log.epoch_end_offset(7), Some((7, 3)));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn assigning_the_latest_epoch_again_skips_the_writer() {
+    let dir = temp_dir();
+    let p = path_of(&dir);
+    run(move || async move {
+        let log = Log::open(&p, cfg()).await.unwrap();
+        log.assign_epoch(2, 0).await.unwrap();
+        fill(&log, 3).await;
+        // A follower assigns every fetched batch's epoch: the same epoch again is answered at once,
+        // without waiting for the writer.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for offset in 0..10 {
+            let mut call = std::pin::pin!(log.assign_epoch(2, offset));
+            assert!(matches!(call.as_mut().poll(&mut cx), std::task::Poll::Ready(Ok(false))));
+        }
+        // A change does wait for the writer (it is durable when it returns).
+        let mut call = std::pin::pin!(log.assign_epoch(3, 3));
+        assert!(call.as_mut().poll(&mut cx).is_pending());
+        assert!(call.await.unwrap());
+        assert_eq!(log.epochs().entries(), &[e(2, 0), e(3, 3)]);
+        // Queued assignments are applied in call order, the later one winning (Kafka's rules).
+        let (l1, l2) = (log.clone(), log.clone());
+        let a = glommio::spawn_local(async move { l1.assign_epoch(5, 3).await });
+        let b = glommio::spawn_local(async move { l2.assign_epoch(2, 3).await });
+        assert!(a.await.unwrap());
+        assert!(b.await.unwrap());
+        assert_eq!(log.epochs().entries(), &[e(2, 3)]);
         log.close().await.unwrap();
     });
 }

@@ -1,9 +1,10 @@
 //! Model-based property test of `Log`: random sequences of appends (single and concurrent bursts),
 //! reads, rolls, truncations, reopens (clean, after `abandon`, or with a new index interval),
-//! checkpoints, flushes, timestamp lookups and segment rewrites (compaction: a sealed segment keeps
+//! checkpoints, flushes, timestamp lookups, leader-epoch assignments and segment rewrites (compaction: a sealed segment keeps
 //! a random subset of its batches, leaving gaps in the offsets) run against the real engine on real files and against
 //! an in-memory model (a `Vec` of batches). After every step the engine's end and start offsets must
-//! match the model; reads, lookups, truncations and reopens check contents byte for byte. Each case
+//! match the model (the epoch cache too: `Log` must keep it in step with truncations and reopens
+//! as the plain `EpochCache` does); reads, lookups, truncations and reopens check contents byte for byte. Each case
 //! runs on its own glommio executor in a fresh directory, with small segments, a sparse index and a
 //! tiny tail cache so that most reads go to disk.
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{payload, run, temp_dir};
 use proptest::prelude::*;
-use sluice_io::{AppendBatch, Durability, Error, Log, LogConfig, StoredBatch};
+use sluice_io::{AppendBatch, Durability, EpochCache, Error, Log, LogConfig, StoredBatch};
 
 /// Proptest cases per run: sized to keep this file well under a minute in release mode on 2 cores.
 const CASES: u32 = 48;
@@ -54,6 +55,10 @@ enum Op {
     Checkpoint,
     Flush,
     OffsetForTimestamp(i64),
+    /// Leader epoch `epoch` starts at the log end (lower, same or higher than the latest).
+    AssignEpoch {
+        epoch: i32,
+    },
     /// Rewrite sealed segment `pick % sealed` keeping the batches whose bit (position % 64) is set
     /// in `keep`; `commit: false` abandons the rewrite half way.
     Compact {
@@ -82,6 +87,7 @@ struct Model {
     batches: Vec<ModelBatch>,
     log_start: u64,
     next_offset: u64,
+    epochs: EpochCache,
 }
 
 impl Model {
@@ -113,12 +119,20 @@ impl Model {
             self.batches.clear();
             self.log_start = target;
             self.next_offset = target;
+            self.epochs.clear();
             return;
         }
         let cut = self.batches.partition_point(|b| b.next_offset() <= target);
         // A straddling batch goes whole; in a gap left by compaction the log ends at the target.
         self.next_offset = self.batches.get(cut).map_or(target, |b| b.base_offset.min(target));
         self.batches.truncate(cut);
+        self.epochs.truncate_from_end(self.next_offset);
+    }
+
+    /// What `Log::open` makes of the epoch file: entries outside `[log start, log end)` go.
+    fn reopened(&mut self) {
+        self.epochs.truncate_from_end(self.next_offset);
+        self.epochs.truncate_from_start(self.log_start);
     }
 
     fn offset_for_timestamp(&self, ts: i64) -> Option<(u64, i64)> {
@@ -187,6 +201,7 @@ fn same_ends(log: &Log, model: &Model) -> Result<(), String> {
     let bases = log.segment_bases();
     ensure!(bases.windows(2).all(|w| w[0] < w[1]), "segment bases not increasing: {bases:?}");
     ensure!(bases.first().is_some_and(|&b| b <= model.log_start), "first segment after log start: {bases:?}");
+    ensure!(log.epochs() == model.epochs, "epochs {:?} != model {:?}", log.epochs(), model.epochs);
     Ok(())
 }
 
@@ -268,13 +283,25 @@ async fn apply(log: &mut Log, model: &mut Model, config: &mut LogConfig, op: &Op
             if let Some(interval) = index_interval_bytes {
                 config.index_interval_bytes = *interval;
             }
+            model.reopened();
             reopen(log, model, config).await?;
         }
         Op::Crash => {
             log.clone().abandon().await.map_err(|e| format!("abandon: {e}"))?;
+            model.reopened();
             reopen(log, model, config).await?;
         }
         Op::Checkpoint => log.checkpoint().await.map_err(|e| e.to_string())?,
+        Op::AssignEpoch { epoch } => {
+            let changed = log.assign_epoch(*epoch, model.next_offset).await.map_err(|e| e.to_string())?;
+            let expected = model.epochs.assign(*epoch, model.next_offset).map_err(|e| e.to_string())?;
+            ensure!(changed == expected, "assign_epoch({epoch}) changed: {changed}, model: {expected}");
+            let (latest, leo) = (model.epochs.latest_epoch(), model.next_offset);
+            for e in [-1, 0, *epoch - 1, *epoch, *epoch + 1] {
+                let want = model.epochs.end_offset_for(e, leo);
+                ensure!(log.epoch_end_offset(e) == want, "epoch_end_offset({e}) with latest {latest:?}");
+            }
+        }
         Op::Flush => log.flush().await.map_err(|e| e.to_string())?,
         Op::Compact { pick, keep, commit } => {
             let sealed = log.sealed_segments();
@@ -387,6 +414,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Crash),
         3 => Just(Op::Checkpoint),
         2 => Just(Op::Flush),
+        6 => (0..8i32).prop_map(|epoch| Op::AssignEpoch { epoch }),
         10 => prop_oneof![9 => -100..10_100i64, 1 => any::<i64>()].prop_map(Op::OffsetForTimestamp),
         6 => (any::<u64>(), prop_oneof![1 => Just(0u64), 1 => Just(u64::MAX), 6 => any::<u64>()], prop::bool::weighted(0.85))
             .prop_map(|(pick, keep, commit)| Op::Compact { pick, keep, commit }),
