@@ -1,6 +1,6 @@
 //! `sluice-io`: the Sluice storage engine. A partition log of segments written with O_DIRECT through
 //! glommio DMA files, CRC32C-checked frames, sparse offset and time indexes, group commit, a tail
-//! cache, retention, truncation and crash recovery. It stores opaque batches and knows nothing of
+//! cache, retention, truncation, crash recovery and the leader-epoch cache. It stores opaque batches and knows nothing of
 //! Kafka or networking.
 //!
 //! Invariants: offsets are strictly increasing, and dense as appended (only a segment rewritten by
