@@ -231,8 +231,8 @@ struct Header {
 }
 
 impl FrameDecoder {
-    /// A decoder refusing frames over `max_frame_bytes` (at most [`MAX_FRAME_BYTES`]'s order is
-    /// sensible; it bounds the memory one connection can pin).
+    /// A decoder refusing frames over `max_frame_bytes`, which bounds the memory one connection
+    /// can pin. Senders never exceed [`MAX_FRAME_BYTES`], so a larger limit buys nothing.
     pub fn new(max_frame_bytes: usize) -> FrameDecoder {
         FrameDecoder { buf: BytesMut::new(), max_frame_bytes }
     }
