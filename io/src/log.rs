@@ -120,6 +120,8 @@ enum Control {
 enum Request {
     Append {
         header_base: u64,
+        /// Placed by `append_at` (may skip offsets) rather than at the next offset.
+        explicit: bool,
         record_count: u32,
         max_timestamp: i64,
         payload: Bytes,
@@ -414,13 +416,42 @@ impl Log {
         max_timestamp: i64,
         build: impl FnOnce(u64) -> Admission<R>,
     ) -> Result<std::result::Result<Appended, R>> {
+        self.append_inner(None, record_count, max_timestamp, build).await
+    }
+
+    /// Appends a batch at `base_offset` instead of the next offset: a follower copying its leader's
+    /// batches keeps the leader's offsets, which skip what the leader's compaction removed.
+    /// `base_offset` below the offset the next append would get is refused (`InvalidBatch`).
+    pub async fn append_at(&self, base_offset: u64, batch: AppendBatch) -> Result<Appended> {
+        let AppendBatch { record_count, max_timestamp, payload } = batch;
+        let admitted = self
+            .append_inner::<std::convert::Infallible>(Some(base_offset), record_count, max_timestamp, |_| {
+                Admission::Append(payload, None)
+            })
+            .await?;
+        Ok(admitted.unwrap_or_else(|never| match never {}))
+    }
+
+    async fn append_inner<R>(
+        &self,
+        at: Option<u64>,
+        record_count: u32,
+        max_timestamp: i64,
+        build: impl FnOnce(u64) -> Admission<R>,
+    ) -> Result<std::result::Result<Appended, R>> {
         if record_count == 0 {
             return Err(Error::InvalidBatch("record_count must be >= 1".into()));
         }
         self.wait_for_room(false).await?;
         let sh = self.shared();
         // No await from here until the request is queued: offsets follow queue order.
-        let base = sh.state.borrow().assigned_offset;
+        let next = sh.state.borrow().assigned_offset;
+        let base = at.unwrap_or(next);
+        if base < next || base.checked_add(u64::from(record_count)).is_none() {
+            return Err(Error::InvalidBatch(format!(
+                "append at offset {base} with {record_count} offsets: the log's next offset is {next}"
+            )));
+        }
         let (payload, crc) = match build(base) {
             Admission::Append(p, c) => (p, c),
             Admission::Reject(r) => return Ok(Err(r)),
@@ -432,6 +463,7 @@ impl Log {
         let (reply, rx) = oneshot::channel();
         sh.queue.borrow_mut().push_back(Request::Append {
             header_base: base,
+            explicit: at.is_some(),
             record_count,
             max_timestamp,
             payload,
@@ -769,6 +801,7 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File> {
 
 struct Pending {
     header: BatchHeader,
+    explicit: bool,
     payload: Bytes,
     reply: oneshot::Sender<Result<Appended>>,
 }
@@ -866,7 +899,7 @@ async fn process(sh: &Rc<Shared>, reqs: Vec<Request>) {
             continue;
         }
         match req {
-            Request::Append { header_base, record_count, max_timestamp, payload, crc, reply } => {
+            Request::Append { header_base, explicit, record_count, max_timestamp, payload, crc, reply } => {
                 if let Some(cause) = sh.state.borrow().poisoned.clone() {
                     let _ = reply.send(Err(Error::Poisoned { path: sh.dir.clone(), cause }));
                     continue;
@@ -895,7 +928,7 @@ async fn process(sh: &Rc<Shared>, reqs: Vec<Request>) {
                     continue;
                 }
                 group_bytes += frame;
-                group.push(Pending { header, payload, reply });
+                group.push(Pending { header, explicit, payload, reply });
             }
             Request::Control { op, reply } => {
                 if !group.is_empty() {
@@ -1043,7 +1076,11 @@ async fn write_group(
     let seg = st.segments.values_mut().next_back().expect("active segment");
     for p in group {
         let pos = seg.size;
-        assert_eq!(p.header.base_offset, seg.next_offset, "appended offsets are dense");
+        if p.explicit {
+            assert!(p.header.base_offset >= seg.next_offset, "appended offsets increase");
+        } else {
+            assert_eq!(p.header.base_offset, seg.next_offset, "appended offsets are dense");
+        }
         seg.on_frame(&p.header, pos, interval);
         st.cache.push(p.header, p.payload);
         done.push((p.reply, Appended { base_offset: p.header.base_offset, last_offset: p.header.last_offset() }));

@@ -1,4 +1,5 @@
-//! Model-based property test of `Log`: random sequences of appends (single and concurrent bursts),
+//! Model-based property test of `Log`: random sequences of appends (single, concurrent bursts, and
+//! at explicit offsets with gaps),
 //! reads, rolls, truncations, reopens (clean, after `abandon`, or with a new index interval),
 //! checkpoints, flushes, timestamp lookups, leader-epoch assignments and segment rewrites (compaction: a sealed segment keeps
 //! a random subset of its batches, leaving gaps in the offsets) run against the real engine on real files and against
@@ -34,6 +35,12 @@ struct BatchSpec {
 #[derive(Debug, Clone)]
 enum Op {
     Append(BatchSpec),
+    /// `append_at` the next offset plus `gap` (a follower copying a compacted leader); also tries
+    /// one offset below the next, which must be refused.
+    AppendAt {
+        gap: u64,
+        spec: BatchSpec,
+    },
     /// Appends issued concurrently from separate tasks: exercises group writes and back-pressure.
     AppendBurst(Vec<BatchSpec>),
     /// Read at `log_start + pick % (span + 1)`, so the log end is included.
@@ -219,6 +226,18 @@ async fn apply(log: &mut Log, model: &mut Model, config: &mut LogConfig, op: &Op
             let base = model.push(spec, b.payload);
             ensure!(a.base_offset == base, "append landed at {} where the model has {base}", a.base_offset);
             ensure!(a.last_offset == base + u64::from(spec.record_count) - 1, "last_offset {}", a.last_offset);
+        }
+        Op::AppendAt { gap, spec } => {
+            let b = append_batch(spec, seq);
+            if model.next_offset > 0 {
+                let below = log.append_at(model.next_offset - 1, b.clone()).await;
+                ensure!(matches!(below, Err(Error::InvalidBatch(_))), "append_at below the end: {below:?}");
+            }
+            let at = model.next_offset + gap;
+            let a = log.append_at(at, b.clone()).await.map_err(|e| format!("append_at({at}): {e}"))?;
+            model.next_offset = at;
+            let base = model.push(spec, b.payload);
+            ensure!(a.base_offset == base && base == at, "append_at({at}) landed at {}", a.base_offset);
         }
         Op::AppendBurst(specs) => {
             let tasks: Vec<_> = specs
@@ -406,6 +425,7 @@ fn op() -> impl Strategy<Value = Op> {
     let max_bytes = prop_oneof![0..=64usize, 0..=8192usize, 0..=200_000usize];
     prop_oneof![
         30 => batch_spec().prop_map(Op::Append),
+        4 => (0..=3u64, batch_spec()).prop_map(|(gap, spec)| Op::AppendAt { gap, spec }),
         5 => prop::collection::vec(batch_spec(), 2..=12).prop_map(Op::AppendBurst),
         20 => (any::<u64>(), max_bytes).prop_map(|(pick, max_bytes)| Op::Read { pick, max_bytes }),
         5 => Just(Op::Roll),
