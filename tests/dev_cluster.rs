@@ -352,4 +352,19 @@ fn bad_arguments_are_refused_before_anything_starts() {
         assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
         assert!(!Path::new(&dir).join("node-0").exists(), "{args:?} started a node");
     }
+    // `serve` checks its place in the cluster before it opens anything.
+    let peers = ["--peer", "0=127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", "--peer", "1=127.0.0.1:4,127.0.0.1:5,127.0.0.1:6"];
+    let data_dir = format!("{dir}/serve-data");
+    for (extra, says) in [
+        (vec!["--node-id", "2"], "node_id 2 is not among the cluster peers"),
+        (vec!["--node-id", "1", "--peer", "2=127.0.0.1:7,127.0.0.1:8,127.0.0.1:1"], "used twice"),
+        (vec!["--peer", "3=127.0.0.1:9"], "expected ID=KAFKA,REPLICATION,RAFT"),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.args(["serve", "--data-dir", &data_dir]).args(peers).args(&extra);
+        let out = run_with_timeout(cmd, b"", NODE_TIMEOUT);
+        assert!(!out.status.success(), "serve {extra:?} accepted");
+        assert!(out.stderr.contains(says), "serve {extra:?}: {}", out.stderr);
+        assert!(!Path::new(&data_dir).exists(), "serve {extra:?} created its data directory");
+    }
 }
