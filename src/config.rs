@@ -18,7 +18,7 @@ pub struct BrokerConfig {
     pub advertised_host: Option<String>,
     /// Executors (one pinned per core); default: every core.
     pub cores: Option<usize>,
-    /// This broker's id in Metadata.
+    /// This broker's id in Metadata (and in `cluster.peers` when that is not empty).
     pub node_id: i32,
     /// Partitions of an auto-created topic (Kafka `num.partitions`).
     pub default_partitions: u32,
@@ -55,6 +55,141 @@ pub struct BrokerConfig {
     pub cleaner_dedupe_buffer_bytes: usize,
     /// Default topic settings (overridable per topic).
     pub log: TopicDefaults,
+    /// The brokers of a cluster; empty (the default): this broker alone.
+    pub cluster: ClusterConfig,
+}
+
+/// Largest cluster `cluster.peers` may describe (a bound for every per-peer table built from it).
+pub const MAX_CLUSTER_PEERS: usize = 64;
+
+/// The brokers of a replicated cluster (issue 7). Every broker is given the same list, its own
+/// entry included; the own entry supplies this broker's replication and Raft listeners.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Every broker of the cluster (`[[cluster.peers]]` tables); empty: single node.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// One broker of the cluster and where the others reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its `node_id`.
+    pub id: i32,
+    /// HOST:PORT of its Kafka listener as clients reach it (advertised in Metadata).
+    pub kafka: String,
+    /// HOST:PORT of its replication listener (followers fetch from leaders there).
+    pub replication: String,
+    /// HOST:PORT of its Raft listener (cluster metadata).
+    pub raft: String,
+}
+
+/// Why a cluster configuration or a `--peer` value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterConfigError {
+    #[error("--peer {0}: expected ID=KAFKA,REPLICATION,RAFT (each HOST:PORT)")]
+    PeerSyntax(String),
+    #[error("peer {id}: {what} address {addr:?} is not HOST:PORT with a port in 1..=65535")]
+    BadAddress { id: i32, what: &'static str, addr: String },
+    #[error("peer id {0} is listed twice")]
+    DuplicateId(i32),
+    #[error("address {0} is used twice (every listener of every peer needs its own)")]
+    DuplicateAddress(String),
+    #[error("node_id {0} is not among the cluster peers (every broker lists itself too)")]
+    OwnIdMissing(i32),
+    #[error("{0} peers: at most {MAX_CLUSTER_PEERS}")]
+    TooManyPeers(usize),
+    #[error("advertised_host does not apply to a cluster: the own peer's `kafka` address is advertised")]
+    AdvertisedHostWithPeers,
+}
+
+impl std::str::FromStr for PeerConfig {
+    type Err = ClusterConfigError;
+
+    /// `ID=KAFKA,REPLICATION,RAFT`, e.g. `1=10.0.0.2:9092,10.0.0.2:9192,10.0.0.2:9292`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let syntax = || ClusterConfigError::PeerSyntax(s.to_string());
+        let (id, addrs) = s.split_once('=').ok_or_else(syntax)?;
+        let id = id.trim().parse::<i32>().map_err(|_| syntax())?;
+        let mut parts = addrs.split(',').map(str::trim);
+        let (Some(kafka), Some(replication), Some(raft), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(syntax());
+        };
+        let peer = PeerConfig { id, kafka: kafka.into(), replication: replication.into(), raft: raft.into() };
+        peer.check_addresses()?;
+        Ok(peer)
+    }
+}
+
+impl PeerConfig {
+    /// Its three listeners, named.
+    fn addresses(&self) -> [(&'static str, &str); 3] {
+        [("kafka", &self.kafka), ("replication", &self.replication), ("raft", &self.raft)]
+    }
+
+    fn check_addresses(&self) -> Result<(), ClusterConfigError> {
+        for (what, addr) in self.addresses() {
+            if split_host_port(addr).is_none() {
+                return Err(ClusterConfigError::BadAddress { id: self.id, what, addr: addr.to_string() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Host and port of its Kafka listener, as Metadata advertises them.
+    pub fn kafka_host_port(&self) -> Option<(&str, u16)> {
+        split_host_port(&self.kafka)
+    }
+}
+
+/// `HOST:PORT` (`[v6]:PORT` too) with a non-empty host and a port in 1..=65535; no name lookup.
+pub fn split_host_port(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|&p| p != 0)?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    (!host.is_empty() && !host.contains(char::is_whitespace)).then_some((host, port))
+}
+
+impl ClusterConfig {
+    /// More than one broker is configured (an empty list is today's single node).
+    pub fn is_cluster(&self) -> bool {
+        !self.peers.is_empty()
+    }
+
+    /// The entry of broker `id`.
+    pub fn peer(&self, id: i32) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.id == id)
+    }
+
+    /// Ids unique, every address well-formed and used once, `node_id` among the peers, bounded size.
+    pub fn validate(&self, node_id: i32) -> Result<(), ClusterConfigError> {
+        if self.peers.is_empty() {
+            return Ok(());
+        }
+        if self.peers.len() > MAX_CLUSTER_PEERS {
+            return Err(ClusterConfigError::TooManyPeers(self.peers.len()));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        let mut addrs = std::collections::BTreeSet::new();
+        for p in &self.peers {
+            p.check_addresses()?;
+            if !ids.insert(p.id) {
+                return Err(ClusterConfigError::DuplicateId(p.id));
+            }
+            for (_, addr) in p.addresses() {
+                if !addrs.insert(addr) {
+                    return Err(ClusterConfigError::DuplicateAddress(addr.to_string()));
+                }
+            }
+        }
+        if !ids.contains(&node_id) {
+            return Err(ClusterConfigError::OwnIdMissing(node_id));
+        }
+        Ok(())
+    }
 }
 
 /// Broker-wide defaults of topic settings.
@@ -112,6 +247,7 @@ impl Default for BrokerConfig {
             metrics_publish_interval_ms: 1000,
             cleaner_dedupe_buffer_bytes: 16 << 20,
             log: TopicDefaults::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -123,15 +259,37 @@ impl BrokerConfig {
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
-    /// Host and port clients should connect to.
+    /// Host and port clients should connect to: in a cluster, this broker's `kafka` peer address.
     pub fn advertised(&self) -> (String, i32) {
+        if let Some((host, port)) = self.own_peer().and_then(PeerConfig::kafka_host_port) {
+            return (host.to_string(), i32::from(port));
+        }
         let (host, port) = self.listen.rsplit_once(':').unwrap_or((&self.listen, "9092"));
         let host = self.advertised_host.clone().unwrap_or_else(|| host.to_string());
         (host, port.parse().unwrap_or(9092))
     }
 
+    /// This broker's entry in `cluster.peers` (none on a single node).
+    pub fn own_peer(&self) -> Option<&PeerConfig> {
+        self.cluster.peer(self.node_id)
+    }
+
+    /// HOST:PORT this broker's replication listener binds (its own peer entry's `replication`).
+    pub fn replication_listen(&self) -> Option<&str> {
+        self.own_peer().map(|p| p.replication.as_str())
+    }
+
+    /// HOST:PORT this broker's Raft listener binds (its own peer entry's `raft`).
+    pub fn raft_listen(&self) -> Option<&str> {
+        self.own_peer().map(|p| p.raft.as_str())
+    }
+
     /// Checks values that would make the broker misbehave.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.cluster.validate(self.node_id)?;
+        if self.cluster.is_cluster() && self.advertised_host.is_some() {
+            return Err(ClusterConfigError::AdvertisedHostWithPeers.into());
+        }
         anyhow::ensure!(self.max_request_size_bytes >= 1024, "max_request_size_bytes must be >= 1024");
         anyhow::ensure!(self.max_inflight_requests_per_connection >= 1, "max_inflight_requests_per_connection >= 1");
         anyhow::ensure!(self.default_partitions >= 1, "default_partitions must be >= 1");
@@ -332,4 +490,82 @@ fn parse_cleanup_policy(v: &str) -> Result<String, String> {
         (true, false) => "compact".into(),
         _ => "delete".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(id: i32, base: u16) -> PeerConfig {
+        PeerConfig {
+            id,
+            kafka: format!("127.0.0.1:{base}"),
+            replication: format!("127.0.0.1:{}", base + 100),
+            raft: format!("127.0.0.1:{}", base + 200),
+        }
+    }
+
+    #[test]
+    fn peer_flag_parses_and_rejects_malformed_values() {
+        let p: PeerConfig = "2=h:9092,h:9192,[::1]:9292".parse().expect("valid --peer");
+        assert_eq!(
+            p,
+            PeerConfig { id: 2, kafka: "h:9092".into(), replication: "h:9192".into(), raft: "[::1]:9292".into() }
+        );
+        for bad in
+            ["", "2", "x=a:1,b:2,c:3", "2=a:1,b:2", "2=a:1,b:2,c:3,d:4", "2=a:0,b:2,c:3", "2=:1,b:2,c:3", "2=a,b:2,c:3"]
+        {
+            assert!(bad.parse::<PeerConfig>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn cluster_validation() {
+        let mut cfg = BrokerConfig::default();
+        assert!(cfg.validate().is_ok(), "single node");
+        assert_eq!(cfg.replication_listen(), None);
+        cfg.cluster.peers = vec![peer(0, 9000), peer(1, 9001), peer(2, 9002)];
+        cfg.node_id = 1;
+        cfg.validate().expect("three peers");
+        assert_eq!(cfg.advertised(), ("127.0.0.1".to_string(), 9001));
+        assert_eq!(cfg.replication_listen(), Some("127.0.0.1:9101"));
+        assert_eq!(cfg.raft_listen(), Some("127.0.0.1:9201"));
+
+        let refused = |cfg: &BrokerConfig| cfg.cluster.validate(cfg.node_id).expect_err("invalid cluster accepted");
+        let mut c = cfg.clone();
+        c.node_id = 7;
+        assert_eq!(refused(&c), ClusterConfigError::OwnIdMissing(7));
+        let mut c = cfg.clone();
+        c.cluster.peers[2].id = 0;
+        assert_eq!(refused(&c), ClusterConfigError::DuplicateId(0));
+        let mut c = cfg.clone();
+        c.cluster.peers[2].raft = "127.0.0.1:9100".into();
+        assert_eq!(refused(&c), ClusterConfigError::DuplicateAddress("127.0.0.1:9100".into()));
+        let mut c = cfg.clone();
+        c.cluster.peers[0].kafka = "nohost".into();
+        assert!(matches!(refused(&c), ClusterConfigError::BadAddress { id: 0, what: "kafka", .. }));
+        let mut c = cfg.clone();
+        c.advertised_host = Some("elsewhere".into());
+        assert!(c.validate().is_err(), "advertised_host with peers");
+    }
+
+    #[test]
+    fn cluster_table_from_toml() {
+        let text = r#"
+            node_id = 1
+            [[cluster.peers]]
+            id = 0
+            kafka = "127.0.0.1:9000"
+            replication = "127.0.0.1:9100"
+            raft = "127.0.0.1:9200"
+            [[cluster.peers]]
+            id = 1
+            kafka = "127.0.0.1:9001"
+            replication = "127.0.0.1:9101"
+            raft = "127.0.0.1:9201"
+        "#;
+        let cfg: BrokerConfig = toml::from_str(text).expect("cluster TOML");
+        assert_eq!(cfg.cluster.peers, vec![peer(0, 9000), peer(1, 9001)]);
+        cfg.validate().expect("valid");
+    }
 }

@@ -23,9 +23,9 @@ const fn opt(key: &'static str, unit: &'static str, doc: &'static str) -> Option
 pub const BROKER_OPTIONS: &[OptionDoc] = &[
     opt("data_dir", "path", "Where partitions and metadata live: a block-device filesystem (ext4, xfs) that supports O_DIRECT; tmpfs is refused."),
     opt("listen", "HOST:PORT", "Kafka listener. Every core listens on it (SO_REUSEPORT)."),
-    opt("advertised_host", "host", "Host advertised to clients in Metadata. None: the listen host."),
+    opt("advertised_host", "host", "Host advertised to clients in Metadata. None: the listen host. Not allowed with `cluster.peers` (each peer's `kafka` address is advertised)."),
     opt("cores", "cores", "Executors, one pinned per core (the first N cores). None: every core."),
-    opt("node_id", "id", "This broker's id in Metadata."),
+    opt("node_id", "id", "This broker's id in Metadata; `--node-id` overrides it. In a cluster it must be one of the `cluster.peers` ids."),
     opt("default_partitions", "count", "Partitions of an auto-created topic (Kafka `num.partitions`)."),
     opt("auto_create_topics", "bool", "Create unknown topics on Metadata requests that allow it (Kafka `auto.create.topics.enable`)."),
     opt("max_request_size_bytes", "bytes", "Largest request frame accepted (Kafka `socket.request.max.bytes`)."),
@@ -46,6 +46,7 @@ pub const BROKER_OPTIONS: &[OptionDoc] = &[
     opt("log.retention_bytes", "bytes", "Default of the topic config `retention.bytes` (-1: unlimited)."),
     opt("log.flush_messages", "count", "Default of the topic config `flush.messages`: 1 fsyncs every batch (group commit); larger values leave it to `flush_ms`."),
     opt("log.flush_ms", "ms", "Default of the topic config `flush.ms`: fsync at least this often while there is unsynced data (the maximum: never)."),
+    opt("cluster.peers", "list", "Every broker of the cluster, this one included, as `[[cluster.peers]]` tables `{ id, kafka, replication, raft }` (each address HOST:PORT; `kafka` is what Metadata advertises, `replication` and `raft` are the listeners the broker with that id binds). Ids and addresses unique, `node_id` present, at most 64. `--peer ID=KAFKA,REPLICATION,RAFT` (repeatable) replaces the list. Empty: a single node, every partition led here. Replication and Raft are not built yet: today a cluster only changes Metadata (all peers listed, lowest id as controller)."),
 ];
 
 /// The defaults, flattened to `key` / `table.key` with TOML-like values (`None` for unset options).
@@ -135,8 +136,8 @@ pub fn markdown() -> String {
     );
     s.push_str("## Broker options\n\n");
     s.push_str(
-        "A TOML file given with `sluice serve --config FILE`; `--data-dir`, `--listen` and `--cores` override \
-         the file. Options named `log.x` go in a `[log]` table. None of them changes at run time: edit the \
+        "A TOML file given with `sluice serve --config FILE`; `--data-dir`, `--listen`, `--cores`, `--node-id` \
+         and `--peer` override the file. Options named `log.x` go in a `[log]` table, `cluster.x` in `[cluster]`. None of them changes at run time: edit the \
          file and restart (SIGTERM flushes and checkpoints every partition first). The effective values \
          are logged at start (`config` lines at info level). Example: `tuning/sluice.toml`.\n\n",
     );

@@ -1,12 +1,14 @@
-//! `sluice`: the broker (`serve`), a small admin client (`topic ...`), host checks (`tune`) and the
-//! configuration reference (`config-reference`).
+//! `sluice`: the broker (`serve`), a local cluster of brokers for development (`dev-cluster`), a small
+//! admin client (`topic ...`), host checks (`tune`) and the configuration reference (`config-reference`).
+
+mod dev_cluster;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use sluice::admin_client::AdminClient;
-use sluice::config::BrokerConfig;
+use sluice::config::{BrokerConfig, PeerConfig};
 use sluice::tune;
 
 /// Log filter when neither `--log-level` nor `SLUICE_LOG` is given.
@@ -61,6 +63,29 @@ impl BrokerArgs {
     }
 }
 
+/// A broker's place in a cluster, over the file's `node_id` and `[cluster]` table (`serve` only).
+#[derive(Args)]
+struct ClusterArgs {
+    /// This broker's id (overrides `node_id`).
+    #[arg(long)]
+    node_id: Option<i32>,
+    /// A broker of the cluster, this one included: ID=KAFKA,REPLICATION,RAFT, each HOST:PORT
+    /// (repeatable; replaces `cluster.peers` of the file).
+    #[arg(long = "peer", value_name = "ID=KAFKA,REPLICATION,RAFT")]
+    peers: Vec<PeerConfig>,
+}
+
+impl ClusterArgs {
+    fn apply(self, cfg: &mut BrokerConfig) {
+        if let Some(id) = self.node_id {
+            cfg.node_id = id;
+        }
+        if !self.peers.is_empty() {
+            cfg.cluster.peers = self.peers;
+        }
+    }
+}
+
 fn parse_log_filter(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::try_new(s).map(|_| s.to_string()).map_err(|e| e.to_string())
 }
@@ -71,10 +96,20 @@ enum Command {
     Serve {
         #[command(flatten)]
         broker: BrokerArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
         /// Serve Prometheus metrics on http://HOST:PORT/metrics (overrides `metrics_listen`).
         #[arg(long, value_name = "HOST:PORT")]
         metrics: Option<String>,
     },
+    /// Run a local cluster for development and tests: one `sluice serve` process per broker on
+    /// 127.0.0.1, until SIGTERM/SIGINT.
+    ///
+    /// Broker i (ids 0..N-1) listens for Kafka on BASE_PORT+i, replication on BASE_PORT+100+i and
+    /// Raft on BASE_PORT+200+i; its data, `pid`, `cmdline` (the exact command, to restart it by hand
+    /// after a kill -9) and `broker.log` are in DATA_DIR/node-<i>/. Only the processes it started
+    /// are stopped at the end; a broker that dies is reported, not restarted.
+    DevCluster(dev_cluster::DevClusterArgs),
     /// Check this host's Linux settings for the broker (read-only by default).
     ///
     /// For each setting: current value, recommended value and why. Exit code 0 when the checks
@@ -156,8 +191,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { broker, metrics } => {
+        Command::Serve { broker, cluster, metrics } => {
             let mut cfg = broker.load()?;
+            cluster.apply(&mut cfg);
             if metrics.is_some() {
                 cfg.metrics_listen = metrics;
             }
@@ -168,6 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target.broker_cores().map_err(|e| anyhow::anyhow!(e))?;
             run_tune(&target, apply, dry_run, strict, json)
         }
+        Command::DevCluster(args) => dev_cluster::run(&args).map(|()| ExitCode::SUCCESS),
         Command::ConfigReference => {
             print_to_stdout(&sluice::config_reference::markdown())?;
             Ok(ExitCode::SUCCESS)

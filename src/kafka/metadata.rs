@@ -1,5 +1,6 @@
-//! Metadata: this broker, and each requested (or every) topic with its partitions, all led by this
-//! broker. Unknown topics are auto-created when the request and the config allow it.
+//! Metadata: the brokers (this one alone, or every `cluster.peers` entry), and each requested (or
+//! every) topic with its partitions, all led by this broker. Unknown topics are auto-created when
+//! the request and the config allow it.
 
 use std::rc::Rc;
 
@@ -10,6 +11,7 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
+use crate::config::ClusterConfig;
 use crate::shard::{CoreReply, CoreRequest, NewTopic, Shard, CATALOG_CORE};
 use crate::topics::TopicMeta;
 
@@ -81,14 +83,42 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
             }
         }
     }
+    let (brokers, controller) = if shard.config.cluster.is_cluster() {
+        cluster_brokers(&shard.config.cluster)
+    } else {
+        let single =
+            MetadataResponseBroker::default().with_node_id(node).with_host(StrBytes::from_string(host)).with_port(port);
+        (vec![single], node)
+    };
     MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(node)
-            .with_host(StrBytes::from_string(host))
-            .with_port(port)])
+        .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_string(cat.cluster_id.clone())))
-        .with_controller_id(node)
+        .with_controller_id(controller)
         .with_topics(topics)
+}
+
+/// Every peer as a broker (by id), and the controller: the lowest id for now — once cluster metadata
+/// runs on Raft, the Raft leader will be the controller. Partitions are still all led by the broker
+/// that answers (replication is not built yet), so clients of a cluster see each broker lead what it
+/// hosts.
+fn cluster_brokers(cluster: &ClusterConfig) -> (Vec<MetadataResponseBroker>, BrokerId) {
+    let mut peers: Vec<_> = cluster.peers.iter().collect();
+    peers.sort_by_key(|p| p.id);
+    let brokers = peers
+        .iter()
+        .filter_map(|p| {
+            // Validated at start; a malformed address could only be skipped, never served.
+            let (host, port) = p.kafka_host_port()?;
+            Some(
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(p.id))
+                    .with_host(StrBytes::from_string(host.to_string()))
+                    .with_port(i32::from(port)),
+            )
+        })
+        .collect();
+    let controller = peers.first().map_or(BrokerId(-1), |p| BrokerId(p.id));
+    (brokers, controller)
 }
 
 fn topic_entry(t: &TopicMeta, node: BrokerId) -> MetadataResponseTopic {
@@ -107,4 +137,29 @@ fn topic_entry(t: &TopicMeta, node: BrokerId) -> MetadataResponseTopic {
         .with_topic_id(uuid::Uuid::from_bytes(t.id))
         .with_is_internal(t.name.starts_with("__"))
         .with_partitions(partitions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PeerConfig;
+
+    #[test]
+    fn a_cluster_lists_every_peer_by_id_and_the_lowest_id_controls() {
+        let peer = |id: i32, port: u16| PeerConfig {
+            id,
+            kafka: format!("10.0.0.{id}:{port}"),
+            replication: format!("10.0.0.{id}:{}", port + 100),
+            raft: format!("10.0.0.{id}:{}", port + 200),
+        };
+        let cluster = ClusterConfig { peers: vec![peer(5, 9005), peer(2, 9002), peer(7, 9007)] };
+        let (brokers, controller) = cluster_brokers(&cluster);
+        let listed: Vec<(i32, String, i32)> =
+            brokers.iter().map(|b| (b.node_id.0, b.host.to_string(), b.port)).collect();
+        assert_eq!(
+            listed,
+            vec![(2, "10.0.0.2".into(), 9002), (5, "10.0.0.5".into(), 9005), (7, "10.0.0.7".into(), 9007)]
+        );
+        assert_eq!(controller, BrokerId(2));
+    }
 }
