@@ -191,11 +191,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut inner = self.lock();
         let mut bytes = Vec::new();
         let mut placed = Vec::new();
-        let mut expected = inner.last_log_id().map_or(0, |l| l.index + 1);
-        for entry in entries {
+        let next_index = inner.last_log_id().map_or(0, |l| l.index + 1);
+        for (expected, entry) in (next_index..).zip(entries) {
             // openraft truncates before it appends a conflicting suffix; a gap here is its bug.
             assert_eq!(entry.log_id.index, expected, "raft log append out of order");
-            expected += 1;
             let offset = inner.file_len + bytes.len() as u64;
             disk::push_record(&mut bytes, &disk::encode(&entry, &inner.log_path).map_err(write_err)?);
             placed.push((offset, entry));
