@@ -151,6 +151,9 @@ fn three_nodes_replicate_refuse_follower_writes_fail_over_and_rejoin() {
 
     // (c) The old leader restarts from its directory, with its log and vote, and catches up.
     cluster.start_node(old_leader, old_addr);
+    // Before hearing from anyone, it re-applied its own committed log (persisted entries and
+    // committed id): the SetLeader it committed as leader is there.
+    assert_eq!(cluster.node(old_leader).state().topics["orders"].partitions[0].leader, 2);
     let before_stop = stale.log_index;
     cluster.wait(old_leader, "the reloaded log", move |m| m.current_term >= 1 && m.last_log_index >= Some(before_stop));
     cluster.converged(created.log_index);
