@@ -7,6 +7,7 @@
 //! broker-to-broker protocol.
 
 pub mod admin_client;
+pub mod cluster;
 pub mod compaction;
 pub mod config;
 pub mod config_reference;
