@@ -191,11 +191,7 @@ pub async fn clean(
 /// (offset delta, key hash) of each keyed record of a stored batch; none for a control batch.
 fn batch_keys(payload: &Bytes) -> Result<Vec<(i32, u128)>, BatchError> {
     let info = record_batch::parse_header(payload)?;
-    if info.attributes & records::CONTROL_BIT != 0 {
-        return Ok(Vec::new());
-    }
-    let section = records::records_section(payload, &info)?;
-    let views = records::parse_records(&section, info.records_count)?;
+    let Some((section, views)) = records::user_records(payload, &info)? else { return Ok(Vec::new()) };
     Ok(views.into_iter().filter_map(|v| v.key.map(|k| (v.offset_delta, OffsetMap::hash(&section[k])))).collect())
 }
 
@@ -224,12 +220,10 @@ async fn rewrite_segment(
             let payload = Bytes::copy_from_slice(&b.payload);
             let bad = |source| CleanError::Batch { offset: h.base_offset, source };
             let info = record_batch::parse_header(&payload).map_err(bad)?;
-            if info.attributes & records::CONTROL_BIT != 0 {
+            let Some((section, views)) = records::user_records(&payload, &info).map_err(bad)? else {
                 rw.push(h.base_offset, h.record_count, h.max_timestamp, &payload).await?;
                 continue;
-            }
-            let section = records::records_section(&payload, &info).map_err(bad)?;
-            let views = records::parse_records(&section, info.records_count).map_err(bad)?;
+            };
             let keep: Vec<Range<usize>> = views
                 .iter()
                 .filter(|v| {

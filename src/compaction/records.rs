@@ -153,14 +153,21 @@ pub fn rebuild(batch: &Bytes, info: &BatchInfo, section: &[u8], kept: &[Range<us
     Ok(out.freeze())
 }
 
+/// The user records of a batch: its (decompressed) records section and the records in it. `None`
+/// for a control batch (transaction markers), which callers keep as it is.
+pub fn user_records(batch: &Bytes, info: &BatchInfo) -> Result<Option<(Bytes, Vec<RecordView>)>, BatchError> {
+    if info.attributes & CONTROL_BIT != 0 {
+        return Ok(None);
+    }
+    let section = records_section(batch, info)?;
+    let records = parse_records(&section, info.records_count)?;
+    Ok(Some((section, records)))
+}
+
 /// Kafka refuses records without a key in a compacted topic (INVALID_RECORD). Control batches have
 /// no user records and pass.
 pub fn check_keys(batch: &Bytes, info: &BatchInfo) -> Result<(), String> {
-    if info.attributes & CONTROL_BIT != 0 {
-        return Ok(());
-    }
-    let section = records_section(batch, info).map_err(|e| e.to_string())?;
-    let records = parse_records(&section, info.records_count).map_err(|e| e.to_string())?;
+    let Some((_, records)) = user_records(batch, info).map_err(|e| e.to_string())? else { return Ok(()) };
     match records.iter().position(|r| r.key.is_none()) {
         None => Ok(()),
         Some(i) => Err(format!("Compacted topic cannot accept message without key (record {i} of the batch)")),

@@ -38,28 +38,35 @@ impl Family {
         Family { inner }
     }
 
-    fn counter(mut self, samples: impl IntoIterator<Item = (Vec<(&'static str, String)>, f64)>) -> MetricFamily {
+    /// One sample per (labels, value), the value set by `set` (counter or gauge).
+    fn scalars(
+        mut self,
+        samples: impl IntoIterator<Item = (Vec<(&'static str, String)>, f64)>,
+        set: impl Fn(&mut Metric, f64),
+    ) -> MetricFamily {
         for (l, v) in samples {
-            let mut c = Counter::default();
-            c.set_value(v);
             let mut m = Metric::default();
             m.set_label(labels(&l));
-            m.set_counter(c);
+            set(&mut m, v);
             self.inner.mut_metric().push(m);
         }
         self.inner
     }
 
-    fn gauge(mut self, samples: impl IntoIterator<Item = (Vec<(&'static str, String)>, f64)>) -> MetricFamily {
-        for (l, v) in samples {
+    fn counter(self, samples: impl IntoIterator<Item = (Vec<(&'static str, String)>, f64)>) -> MetricFamily {
+        self.scalars(samples, |m, v| {
+            let mut c = Counter::default();
+            c.set_value(v);
+            m.set_counter(c);
+        })
+    }
+
+    fn gauge(self, samples: impl IntoIterator<Item = (Vec<(&'static str, String)>, f64)>) -> MetricFamily {
+        self.scalars(samples, |m, v| {
             let mut g = Gauge::default();
             g.set_value(v);
-            let mut m = Metric::default();
-            m.set_label(labels(&l));
             m.set_gauge(g);
-            self.inner.mut_metric().push(m);
-        }
-        self.inner
+        })
     }
 
     /// Microsecond histograms reported in seconds.
