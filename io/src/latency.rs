@@ -8,7 +8,12 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 
 /// Largest latency recorded exactly (longer ones are clamped): one minute, in microseconds.
-const MAX_LATENCY_US: u64 = 60_000_000;
+pub const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// An empty latency histogram: microseconds, 1 µs to `MAX_LATENCY_US`, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("static histogram bounds are valid")
+}
 
 /// Latencies recorded since the last `take`.
 #[derive(Debug, Clone)]
@@ -21,8 +26,7 @@ pub struct IoLatency {
 
 impl IoLatency {
     fn new() -> Self {
-        let h = || Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("static histogram bounds are valid");
-        IoLatency { write_us: h(), sync_us: h() }
+        IoLatency { write_us: histogram(), sync_us: histogram() }
     }
 }
 

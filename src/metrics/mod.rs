@@ -17,13 +17,10 @@ use hdrhistogram::Histogram;
 
 /// API keys with their own counters and histogram (Kafka's keys are below this).
 pub const MAX_API_KEY: usize = 96;
+/// A latency histogram in microseconds with 3 significant digits (the engine's, so they merge).
+pub use sluice_io::latency::histogram as latency_histogram;
 /// Longest latency recorded exactly (longer ones are clamped): one minute, in microseconds.
-pub const MAX_LATENCY_US: u64 = 60_000_000;
-
-/// A latency histogram in microseconds with 3 significant digits.
-pub fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("static histogram bounds are valid")
-}
+pub use sluice_io::latency::MAX_LATENCY_US;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks cannot leave a histogram or snapshot half-updated
