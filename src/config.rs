@@ -57,6 +57,45 @@ pub struct BrokerConfig {
     pub log: TopicDefaults,
     /// The brokers of a cluster; empty (the default): this broker alone.
     pub cluster: ClusterConfig,
+    /// Replication between the brokers of a cluster.
+    pub replication: ReplicationConfig,
+}
+
+/// How partitions are replicated in a cluster (Kafka's names in the docs of each field).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Replicas of a topic created without one (Kafka `default.replication.factor`).
+    pub default_replication_factor: u16,
+    /// Default of the topic config `min.insync.replicas`.
+    pub min_insync_replicas: u16,
+    /// A follower that has not caught up with the leader's log end for this long leaves the ISR
+    /// (Kafka `replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: u64,
+    /// A broker the controller has not heard from for this long is dead: the partitions it led get
+    /// new leaders from their ISR (Kafka `broker.session.timeout.ms`, 9 s there).
+    pub broker_session_timeout_ms: u64,
+    /// How long the leader holds a follower's fetch that finds no new data (Kafka
+    /// `replica.fetch.wait.max.ms`).
+    pub replica_fetch_wait_max_ms: u64,
+    /// Batch bytes per partition in one replica fetch (Kafka `replica.fetch.max.bytes`).
+    pub replica_fetch_max_bytes: u32,
+    /// Pause after a failed replica fetch before the next attempt (Kafka `replica.fetch.backoff.ms`).
+    pub replica_fetch_backoff_ms: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            default_replication_factor: 1,
+            min_insync_replicas: 1,
+            replica_lag_time_max_ms: 30_000,
+            broker_session_timeout_ms: 2_000,
+            replica_fetch_wait_max_ms: 500,
+            replica_fetch_max_bytes: 1 << 20,
+            replica_fetch_backoff_ms: 100,
+        }
+    }
 }
 
 /// Largest cluster `cluster.peers` may describe (a bound for every per-peer table built from it).
@@ -248,6 +287,7 @@ impl Default for BrokerConfig {
             cleaner_dedupe_buffer_bytes: 16 << 20,
             log: TopicDefaults::default(),
             cluster: ClusterConfig::default(),
+            replication: ReplicationConfig::default(),
         }
     }
 }
@@ -297,6 +337,12 @@ impl BrokerConfig {
         anyhow::ensure!(self.metrics_publish_interval_ms >= 10, "metrics_publish_interval_ms must be >= 10");
         anyhow::ensure!(self.cleaner_dedupe_buffer_bytes >= 64 << 10, "cleaner_dedupe_buffer_bytes must be >= 65536");
         anyhow::ensure!(self.retention_check_interval_ms >= 10, "retention_check_interval_ms must be >= 10");
+        let r = &self.replication;
+        anyhow::ensure!(r.default_replication_factor >= 1, "replication.default_replication_factor must be >= 1");
+        anyhow::ensure!(r.min_insync_replicas >= 1, "replication.min_insync_replicas must be >= 1");
+        anyhow::ensure!(r.replica_lag_time_max_ms >= 100, "replication.replica_lag_time_max_ms must be >= 100");
+        anyhow::ensure!(r.broker_session_timeout_ms >= 200, "replication.broker_session_timeout_ms must be >= 200");
+        anyhow::ensure!(r.replica_fetch_max_bytes >= 1024, "replication.replica_fetch_max_bytes must be >= 1024");
         anyhow::ensure!(
             (1..=crate::topics::MAX_PARTITIONS_PER_TOPIC).contains(&self.offsets_topic_partitions),
             "offsets_topic_partitions must be in [1, {}]",
@@ -329,6 +375,9 @@ pub struct TopicSettings {
     /// Kafka `max.compaction.lag.ms`: compact regardless of the dirty ratio once uncompacted
     /// records are this old.
     pub max_compaction_lag_ms: i64,
+    /// Kafka `min.insync.replicas`: acks=all produce is refused (NOT_ENOUGH_REPLICAS) while the ISR
+    /// is smaller.
+    pub min_insync_replicas: usize,
 }
 
 /// Kafka's `delete.retention.ms` default (one day).
@@ -361,7 +410,10 @@ pub const TOPIC_CONFIGS: &[(&str, &str)] = &[
     ("flush.ms", "fsync at least this often (ms) while there is unsynced data."),
     ("max.message.bytes", "Largest record batch accepted (bytes)."),
     ("message.timestamp.type", "CreateTime: timestamps are the producer's (LogAppendTime is not supported yet)."),
-    ("min.insync.replicas", "Replicas that must acknowledge acks=all (single node: 1)."),
+    (
+        "min.insync.replicas",
+        "acks=all produce is refused with NOT_ENOUGH_REPLICAS while fewer replicas than this are in sync.",
+    ),
     ("compression.type", "producer: batches are stored as the producer compressed them."),
 ];
 
@@ -382,6 +434,7 @@ impl TopicSettings {
             min_cleanable_dirty_ratio: DEFAULT_MIN_CLEANABLE_DIRTY_RATIO,
             min_compaction_lag_ms: 0,
             max_compaction_lag_ms: i64::MAX,
+            min_insync_replicas: usize::from(defaults.replication.min_insync_replicas),
         };
         for (k, v) in overrides {
             let num = |v: &str| v.parse::<i64>().map_err(|_| format!("{k}: '{v}' is not a number"));
@@ -406,11 +459,14 @@ impl TopicSettings {
                         .ok_or_else(|| format!("{k}: '{v}' is not a number in [0, 1]"))?
                 }
                 "message.timestamp.type" if v == "CreateTime" => {}
-                "min.insync.replicas" if v == "1" => {}
-                "compression.type" if v == "producer" => {}
-                "message.timestamp.type" | "min.insync.replicas" | "compression.type" => {
-                    return Err(format!("{k}={v} is not supported"))
+                "min.insync.replicas" => {
+                    s.min_insync_replicas = usize::try_from(pos(v)?)
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| format!("{k}: must be at least 1"))?
                 }
+                "compression.type" if v == "producer" => {}
+                "message.timestamp.type" | "compression.type" => return Err(format!("{k}={v} is not supported")),
                 _ => return Err(format!("unknown topic config {k}")),
             }
         }
@@ -436,7 +492,7 @@ impl TopicSettings {
             "flush.ms" => self.flush_ms.to_string(),
             "max.message.bytes" => self.max_message_bytes.to_string(),
             "message.timestamp.type" => "CreateTime".into(),
-            "min.insync.replicas" => "1".into(),
+            "min.insync.replicas" => self.min_insync_replicas.to_string(),
             "compression.type" => "producer".into(),
             _ => return None,
         })

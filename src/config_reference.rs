@@ -46,7 +46,14 @@ pub const BROKER_OPTIONS: &[OptionDoc] = &[
     opt("log.retention_bytes", "bytes", "Default of the topic config `retention.bytes` (-1: unlimited)."),
     opt("log.flush_messages", "count", "Default of the topic config `flush.messages`: 1 fsyncs every batch (group commit); larger values leave it to `flush_ms`."),
     opt("log.flush_ms", "ms", "Default of the topic config `flush.ms`: fsync at least this often while there is unsynced data (the maximum: never)."),
-    opt("cluster.peers", "list", "Every broker of the cluster, this one included, as `[[cluster.peers]]` tables `{ id, kafka, replication, raft }` (each address HOST:PORT; `kafka` is what Metadata advertises, `replication` and `raft` are the listeners the broker with that id binds). Ids and addresses unique, `node_id` present, at most 64. `--peer ID=KAFKA,REPLICATION,RAFT` (repeatable) replaces the list. Empty: a single node, every partition led here. Replication and Raft are not built yet: today a cluster only changes Metadata (all peers listed, lowest id as controller)."),
+    opt("cluster.peers", "list", "Every broker of the cluster, this one included, as `[[cluster.peers]]` tables `{ id, kafka, replication, raft }` (each address HOST:PORT; `kafka` is what Metadata advertises, `replication` is the listener followers fetch from, `raft` the cluster-metadata Raft listener). Ids and addresses unique, `node_id` present, at most 64. `--peer ID=KAFKA,REPLICATION,RAFT` (repeatable) replaces the list. Empty: a single node, every partition led here. With peers, topics, partition leaders and ISRs are cluster metadata replicated by Raft (`<data_dir>/__raft`), and the Raft leader is the controller."),
+    opt("replication.default_replication_factor", "count", "Replicas of a topic created without a replication factor (Kafka `default.replication.factor`)."),
+    opt("replication.min_insync_replicas", "count", "Default of the topic config `min.insync.replicas`."),
+    opt("replication.replica_lag_time_max_ms", "ms", "A follower that has not caught up with the leader's log end for this long leaves the ISR (Kafka `replica.lag.time.max.ms`)."),
+    opt("replication.broker_session_timeout_ms", "ms", "A broker the controller has not heard from (Raft heartbeats) for this long is dead: partitions it led get a new leader from their ISR, and it leaves every ISR (Kafka `broker.session.timeout.ms`)."),
+    opt("replication.replica_fetch_wait_max_ms", "ms", "How long a leader holds a follower's fetch that finds no new data (Kafka `replica.fetch.wait.max.ms`)."),
+    opt("replication.replica_fetch_max_bytes", "bytes", "Batch bytes per partition in one replica fetch (at least one batch is sent; Kafka `replica.fetch.max.bytes`)."),
+    opt("replication.replica_fetch_backoff_ms", "ms", "Pause after a failed replica fetch (Kafka `replica.fetch.backoff.ms`)."),
 ];
 
 /// The defaults, flattened to `key` / `table.key` with TOML-like values (`None` for unset options).
@@ -121,7 +128,10 @@ fn duration_text(ms: i64) -> String {
 /// The broker option a topic config defaults to (`segment.bytes` → `log.segment_bytes`).
 fn broker_default_of(topic_config: &str) -> Option<&'static str> {
     let underscored = topic_config.replace('.', "_");
-    BROKER_OPTIONS.iter().map(|o| o.key).find(|k| *k == format!("log.{underscored}") || *k == underscored)
+    BROKER_OPTIONS
+        .iter()
+        .map(|o| o.key)
+        .find(|k| *k == format!("log.{underscored}") || *k == format!("replication.{underscored}") || *k == underscored)
 }
 
 /// The Markdown reference.
@@ -137,7 +147,7 @@ pub fn markdown() -> String {
     s.push_str("## Broker options\n\n");
     s.push_str(
         "A TOML file given with `sluice serve --config FILE`; `--data-dir`, `--listen`, `--cores`, `--node-id` \
-         and `--peer` override the file. Options named `log.x` go in a `[log]` table, `cluster.x` in `[cluster]`. None of them changes at run time: edit the \
+         and `--peer` override the file. Options named `log.x` go in a `[log]` table, `cluster.x` in `[cluster]`, `replication.x` in `[replication]`. None of them changes at run time: edit the \
          file and restart (SIGTERM flushes and checkpoints every partition first). The effective values \
          are logged at start (`config` lines at info level). Example: `tuning/sluice.toml`.\n\n",
     );

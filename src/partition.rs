@@ -2,12 +2,16 @@
 //! validation and offset assignment on produce, the high watermark, fetch reads and long-poll
 //! wake-ups. Only the owning core touches it (it is `!Send`).
 //!
-//! Single node: the in-sync replica set is this broker alone, so the high watermark is the log end
-//! offset once a write completed (and, under `flush.messages=1`, was fsync'ed).
+//! Single node ([`Role::Standalone`]): the in-sync replica set is this broker alone, so the high
+//! watermark is the log end offset once a write completed (and, under `flush.messages=1`, was
+//! fsync'ed). In a cluster the partition is a [`Role::Leader`] (tracks its followers' progress; the
+//! high watermark is the ISR's smallest log end; acks=all waits for it) or a [`Role::Follower`]
+//! (appends its leader's batches at the leader's offsets; clients are told to go to the leader).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use event_listener::Event;
@@ -18,9 +22,34 @@ use tracing::{info, warn};
 use crate::config::TopicSettings;
 use crate::kafka::record_batch::{self, BatchError, BatchInfo};
 use crate::producer_state::{ProducerStates, Refusal};
+use crate::replication::progress::{BrokerId, LeaderState};
+use crate::replication::{EpochEndOffset, UNDEFINED_EPOCH};
 
-/// Leader epoch stamped into stored batches (single node: always 0 until replication).
+/// Leader epoch stamped into stored batches on a single node.
 pub const LEADER_EPOCH: i32 = 0;
+
+/// This partition's part in replication.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// A single node: this broker is the whole replica set.
+    Standalone,
+    /// Leads the partition in a cluster.
+    Leader(LeaderState),
+    /// Copies the partition from `leader`.
+    Follower { leader: BrokerId, leader_epoch: i32 },
+}
+
+/// What a leader answers one follower's fetch of this partition.
+pub struct ReplicaRead {
+    pub batches: Vec<StoredBatch>,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+    pub log_end_offset: u64,
+    pub diverging_epoch: Option<EpochEndOffset>,
+}
+
+/// A follower fetch the leader refuses: a Kafka error code and why.
+pub type ReplicaRefusal = PartitionError;
 
 /// A Kafka error code with a message for the client.
 #[derive(Debug, Clone)]
@@ -76,7 +105,14 @@ pub struct Partition {
     /// Idempotent producers writing to this partition.
     producers: RefCell<ProducerStates>,
     /// Records and bytes of produced batches appended since open (metrics).
-    appended: std::cell::Cell<(u64, u64)>,
+    appended: Cell<(u64, u64)>,
+    role: RefCell<Role>,
+    /// High watermark in a cluster (a standalone partition's is its log end).
+    hw: Cell<u64>,
+    /// Notified after every append (followers' fetches wait on it).
+    log_grew: Event,
+    /// Notified on every role change (acks=all waiters re-check their leadership).
+    role_changed: Event,
 }
 
 impl Partition {
@@ -92,6 +128,7 @@ impl Partition {
             warn!(topic, partition = index, ?report, "partition recovered with repairs");
         }
         let producers = rebuild_producers(&log, dir).await?;
+        let log_start = log.log_start_offset();
         Ok(Rc::new(Partition {
             topic: topic.to_string(),
             index,
@@ -99,12 +136,275 @@ impl Partition {
             settings: RefCell::new(settings),
             data_arrived: Event::new(),
             producers: RefCell::new(producers),
-            appended: std::cell::Cell::new((0, 0)),
+            appended: Cell::new((0, 0)),
+            role: RefCell::new(Role::Standalone),
+            hw: Cell::new(log_start),
+            log_grew: Event::new(),
+            role_changed: Event::new(),
         }))
     }
 
     pub fn high_watermark(&self) -> i64 {
-        self.log.next_offset() as i64
+        match &*self.role.borrow() {
+            Role::Standalone => self.log.next_offset() as i64,
+            _ => self.hw.get() as i64,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.role.borrow().clone()
+    }
+
+    /// Leader epoch of this broker's leadership (0 standalone), or `None` when it follows.
+    pub fn leader_epoch(&self) -> Option<i32> {
+        match &*self.role.borrow() {
+            Role::Standalone => Some(LEADER_EPOCH),
+            Role::Leader(l) => Some(l.leader_epoch),
+            Role::Follower { .. } => None,
+        }
+    }
+
+    /// Clients' produce, fetch and offset lookups go to the leader only.
+    pub fn check_leader(&self) -> Result<(), PartitionError> {
+        match &*self.role.borrow() {
+            Role::Follower { leader, .. } => Err(PartitionError::new(
+                ResponseError::NotLeaderOrFollower,
+                format!("broker {leader} leads {}-{}", self.topic, self.index),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes this broker the partition's leader per the cluster metadata. A new epoch is recorded
+    /// in the leader-epoch cache at the current log end (Kafka's `makeLeader`); the same epoch again
+    /// only takes the newer ISR.
+    pub async fn become_leader(
+        &self,
+        me: BrokerId,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        replicas: Vec<BrokerId>,
+        isr: Vec<BrokerId>,
+    ) -> Result<(), sluice_io::Error> {
+        let same = matches!(&*self.role.borrow(), Role::Leader(l) if l.leader_epoch == leader_epoch);
+        if same {
+            if let Role::Leader(l) = &mut *self.role.borrow_mut() {
+                l.update_isr(partition_epoch, isr);
+            }
+        } else {
+            let leo = self.log.next_offset();
+            self.log.assign_epoch(leader_epoch, leo).await?;
+            let start = self.log.epochs().entries().last().map_or(leo, |e| e.start_offset);
+            let state =
+                LeaderState::new(me, leader_epoch, partition_epoch, replicas, isr, start, crate::groups::now_ms());
+            info!(topic = %self.topic, partition = self.index, leader_epoch, start_offset = start, "leading");
+            *self.role.borrow_mut() = Role::Leader(state);
+            self.role_changed.notify(usize::MAX);
+        }
+        self.advance_high_watermark();
+        Ok(())
+    }
+
+    /// Makes this broker a follower of `leader` at `leader_epoch`.
+    pub fn become_follower(&self, leader: BrokerId, leader_epoch: i32) {
+        let changed = !matches!(&*self.role.borrow(),
+            Role::Follower { leader: l, leader_epoch: e } if *l == leader && *e == leader_epoch);
+        if changed {
+            info!(topic = %self.topic, partition = self.index, leader, leader_epoch, "following");
+            *self.role.borrow_mut() = Role::Follower { leader, leader_epoch };
+            self.role_changed.notify(usize::MAX);
+        }
+    }
+
+    /// Recomputes a leader's high watermark from its ISR; wakes fetches and acks=all waiters when it
+    /// moved.
+    fn advance_high_watermark(&self) {
+        let leo = self.log.next_offset();
+        let hw = match &*self.role.borrow() {
+            Role::Leader(l) => l.high_watermark(leo, self.hw.get()),
+            _ => return,
+        };
+        if hw > self.hw.get() {
+            self.hw.set(hw);
+            self.data_arrived.notify(usize::MAX);
+        }
+    }
+
+    /// The leader's ISR change to propose now, if any: followers lagging over `lag_max_ms` out, or
+    /// caught-up ones in. `(isr, leader_epoch, partition_epoch)`.
+    pub fn isr_change(&self, now_ms: i64, lag_max_ms: i64) -> Option<(Vec<BrokerId>, i32, i32)> {
+        let role = self.role.borrow();
+        let Role::Leader(l) = &*role else { return None };
+        let isr = l.shrunk_isr(now_ms, lag_max_ms).or_else(|| l.expanded_isr(self.hw.get()))?;
+        Some((isr, l.leader_epoch, l.partition_epoch))
+    }
+
+    /// Serves one follower's fetch (leader side): fences stale epochs, detects a diverging log
+    /// (KIP-320), records the follower's progress, and reads from `fetch_offset` up to the log end.
+    pub async fn replica_fetch(
+        &self,
+        follower: BrokerId,
+        fetch_offset: u64,
+        current_leader_epoch: i32,
+        last_fetched_epoch: i32,
+        max_bytes: usize,
+    ) -> Result<ReplicaRead, ReplicaRefusal> {
+        let epoch = match &*self.role.borrow() {
+            Role::Leader(l) => l.leader_epoch,
+            _ => {
+                return Err(PartitionError::new(ResponseError::NotLeaderOrFollower, "not the leader"));
+            }
+        };
+        if current_leader_epoch < epoch {
+            return Err(PartitionError::new(ResponseError::FencedLeaderEpoch, format!("leader epoch is {epoch}")));
+        }
+        if current_leader_epoch > epoch {
+            return Err(PartitionError::new(ResponseError::UnknownLeaderEpoch, format!("leader epoch is {epoch}")));
+        }
+        let leo = self.log.next_offset();
+        let start = self.log.log_start_offset();
+        let answer = |batches, diverging_epoch| ReplicaRead {
+            batches,
+            high_watermark: self.hw.get(),
+            log_start_offset: start,
+            log_end_offset: leo,
+            diverging_epoch,
+        };
+        if last_fetched_epoch != UNDEFINED_EPOCH {
+            match self.log.epoch_end_offset(last_fetched_epoch) {
+                Some((e, end)) if e < last_fetched_epoch || end < fetch_offset => {
+                    return Ok(answer(Vec::new(), Some(EpochEndOffset { epoch: e, end_offset: end })));
+                }
+                _ => {}
+            }
+        }
+        if fetch_offset > leo || fetch_offset < start {
+            return Err(PartitionError::new(
+                ResponseError::OffsetOutOfRange,
+                format!("fetch offset {fetch_offset} outside [{start}, {leo}]"),
+            ));
+        }
+        let known = match &mut *self.role.borrow_mut() {
+            Role::Leader(l) => l.on_fetch(follower, fetch_offset, leo, crate::groups::now_ms()),
+            _ => false,
+        };
+        if !known {
+            return Err(PartitionError::new(
+                ResponseError::NotLeaderOrFollower,
+                format!("broker {follower} is not a replica of {}-{}", self.topic, self.index),
+            ));
+        }
+        self.advance_high_watermark();
+        let batches = if fetch_offset < leo { self.log.read(fetch_offset, max_bytes).await? } else { Vec::new() };
+        Ok(ReplicaRead { high_watermark: self.hw.get(), ..answer(batches, None) })
+    }
+
+    /// Resolves once the log grows past `offset` (a follower's fetch waits on it).
+    pub async fn wait_for_append(&self, offset: u64) {
+        loop {
+            if self.log.next_offset() > offset {
+                return;
+            }
+            let listener = self.log_grew.listen();
+            if self.log.next_offset() > offset {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Follower side: appends batches copied from the leader at the leader's offsets (recording
+    /// each batch's leader epoch first), then takes the leader's high watermark (bounded by what
+    /// this log holds). Returns the new log end offset.
+    pub async fn append_replicated(&self, records: &Bytes, leader_hw: u64) -> Result<u64, PartitionError> {
+        let batches = record_batch::split_replicated(records)?;
+        for (info, bytes) in batches {
+            let base = info.base_offset as u64;
+            if base < self.log.next_offset() {
+                // Already here (a resent range after a reconnect).
+                continue;
+            }
+            let epoch = record_batch::partition_leader_epoch(&bytes).unwrap_or(0).max(0);
+            self.log.assign_epoch(epoch, base).await?;
+            let batch = sluice_io::AppendBatch {
+                record_count: info.offset_count(),
+                max_timestamp: info.max_timestamp,
+                payload: bytes,
+            };
+            self.log.append_at(base, batch).await?;
+            if info.producer_id >= 0 && info.base_sequence >= 0 {
+                self.producers.borrow_mut().replay(
+                    info.producer_id,
+                    info.producer_epoch,
+                    info.base_sequence,
+                    info.offset_count(),
+                    base as i64,
+                    info.max_timestamp,
+                );
+            }
+            self.log_grew.notify(usize::MAX);
+        }
+        let leo = self.log.next_offset();
+        let hw = leader_hw.min(leo);
+        if hw > self.hw.get() {
+            self.hw.set(hw);
+            self.data_arrived.notify(usize::MAX);
+        }
+        Ok(leo)
+    }
+
+    /// Follower side: removes every record at or above `offset` (a diverging tail), and rebuilds
+    /// the producer state from what stays.
+    pub async fn truncate_to(&self, offset: u64) -> Result<(), PartitionError> {
+        if offset >= self.log.next_offset() && offset >= self.log.log_start_offset() {
+            return Ok(());
+        }
+        warn!(topic = %self.topic, partition = self.index, from = self.log.next_offset(), to = offset, "truncating");
+        self.log.truncate_to(offset).await?;
+        self.hw.set(self.hw.get().min(self.log.next_offset()));
+        let rebuilt = rebuild_producers(&self.log, self.dir()).await?;
+        *self.producers.borrow_mut() = rebuilt;
+        Ok(())
+    }
+
+    /// Follower side: this log's last fetched epoch and end for `epoch` (Kafka's
+    /// `endOffsetForEpoch`), for divergence handling.
+    pub fn epoch_end_offset(&self, epoch: i32) -> Option<(i32, u64)> {
+        self.log.epoch_end_offset(epoch)
+    }
+
+    /// The epoch of this log's last batch (KIP-320's last fetched epoch).
+    pub fn last_fetched_epoch(&self) -> i32 {
+        self.log.latest_epoch().unwrap_or(UNDEFINED_EPOCH)
+    }
+
+    /// Waits until a leader's high watermark reaches `end` (acks=all), the leadership ends, or
+    /// `timeout`.
+    async fn wait_replicated(&self, end: u64, timeout: Duration) -> Result<(), PartitionError> {
+        let waited = glommio::timer::timeout(timeout, async {
+            loop {
+                let listener = self.data_arrived.listen();
+                let role_listener = self.role_changed.listen();
+                if !matches!(&*self.role.borrow(), Role::Leader(_)) {
+                    return Ok(Err(PartitionError::new(
+                        ResponseError::NotLeaderOrFollower,
+                        "leadership moved before the batch was replicated",
+                    )));
+                }
+                if self.hw.get() >= end {
+                    return Ok(Ok(()));
+                }
+                futures_lite::future::or(listener, role_listener).await;
+            }
+        })
+        .await;
+        match waited {
+            Ok(r) => r,
+            Err(_) => Err(PartitionError::new(
+                ResponseError::RequestTimedOut,
+                format!("not replicated to the in-sync replicas within {} ms", timeout.as_millis()),
+            )),
+        }
     }
 
     pub fn log_start_offset(&self) -> i64 {
@@ -142,8 +442,24 @@ impl Partition {
     }
 
     /// Validates and appends every batch of a Produce request's records. Returns once written
-    /// (and synced per the topic's flush policy): that is acks=1 and, on a single node, acks=all.
-    pub async fn produce(&self, records: &Bytes) -> Result<Produced, PartitionError> {
+    /// (and synced per the topic's flush policy) for acks=0/1; acks=all (-1) also waits until the
+    /// high watermark passes the batches (every ISR member has them), within `timeout`. A
+    /// follower refuses (NOT_LEADER_OR_FOLLOWER); acks=all with an ISR below
+    /// `min.insync.replicas` is refused before anything is written (NOT_ENOUGH_REPLICAS).
+    pub async fn produce(&self, records: &Bytes, acks: i16, timeout: Duration) -> Result<Produced, PartitionError> {
+        self.check_leader()?;
+        let min_isr = self.settings.borrow().min_insync_replicas;
+        let isr_size = || match &*self.role.borrow() {
+            Role::Leader(l) => l.isr.len(),
+            _ => 1,
+        };
+        if acks == -1 && isr_size() < min_isr {
+            return Err(PartitionError::new(
+                ResponseError::NotEnoughReplicas,
+                format!("{} in-sync replicas, min.insync.replicas is {min_isr}", isr_size()),
+            ));
+        }
+        let epoch = self.leader_epoch().unwrap_or(LEADER_EPOCH);
         let batches = record_batch::split_and_validate(records, self.settings.borrow().max_message_bytes)?;
         if self.settings.borrow().compacts() {
             for (info, bytes) in &batches {
@@ -152,30 +468,47 @@ impl Partition {
             }
         }
         let mut first = None;
+        let mut end = 0u64;
         for (info, bytes) in batches {
             let base = if info.producer_id >= 0 && info.base_sequence >= 0 {
-                self.append_idempotent(&info, &bytes).await?
+                self.append_idempotent(&info, &bytes, epoch).await?
             } else {
                 let appended = self
                     .log
                     .append_with(info.offset_count(), info.max_timestamp, |base| {
-                        let (stamped, crc) = record_batch::stamp(&bytes, &info, base, LEADER_EPOCH);
+                        let (stamped, crc) = record_batch::stamp(&bytes, &info, base, epoch);
                         (stamped, Some(crc))
                     })
                     .await?;
                 appended.base_offset as i64
             };
             first.get_or_insert(base);
+            end = end.max(base as u64 + u64::from(info.offset_count()));
             let (records, bytes) = self.appended.get();
             self.appended.set((records + info.records_count.max(0) as u64, bytes + info.size as u64));
         }
-        self.data_arrived.notify(usize::MAX);
+        self.log_grew.notify(usize::MAX);
+        let standalone = matches!(&*self.role.borrow(), Role::Standalone);
+        if standalone {
+            self.data_arrived.notify(usize::MAX);
+        } else {
+            self.advance_high_watermark();
+            if acks == -1 {
+                self.wait_replicated(end, timeout).await?;
+                if isr_size() < min_isr {
+                    return Err(PartitionError::new(
+                        ResponseError::NotEnoughReplicasAfterAppend,
+                        format!("written, but the ISR shrank to {} (min.insync.replicas {min_isr})", isr_size()),
+                    ));
+                }
+            }
+        }
         Ok(Produced { base_offset: first.expect("at least one batch"), log_start_offset: self.log_start_offset() })
     }
 
     /// Appends a batch of an idempotent producer, unless it is a duplicate (then the original's
     /// offset is returned once the original is written) or out of sequence.
-    async fn append_idempotent(&self, info: &BatchInfo, bytes: &Bytes) -> Result<i64, PartitionError> {
+    async fn append_idempotent(&self, info: &BatchInfo, bytes: &Bytes, epoch: i32) -> Result<i64, PartitionError> {
         let now = crate::groups::now_ms();
         let mut reserved = None;
         let outcome = self
@@ -192,7 +525,7 @@ impl Partition {
                 match check {
                     Ok(completion) => {
                         reserved = Some(completion);
-                        let (stamped, crc) = record_batch::stamp(bytes, info, base, LEADER_EPOCH);
+                        let (stamped, crc) = record_batch::stamp(bytes, info, base, epoch);
                         Admission::Append(stamped, Some(crc))
                     }
                     Err(refusal) => Admission::Reject(refusal),
@@ -207,6 +540,8 @@ impl Partition {
                 Ok(appended.base_offset as i64)
             }
             Ok(Err(Refusal::Duplicate { base_offset, completion })) => {
+                // A duplicate of a batch replicated from an earlier leader has no completion to
+                // wait for; the high watermark wait of acks=all covers it.
                 if completion.wait().await {
                     Ok(base_offset)
                 } else {
@@ -243,10 +578,18 @@ impl Partition {
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<StoredBatch>, PartitionError> {
         let offset = u64::try_from(offset)
             .map_err(|_| PartitionError::new(ResponseError::OffsetOutOfRange, "negative fetch offset"))?;
-        let hw = self.log.next_offset();
+        let hw = self.high_watermark() as u64;
         let mut batches = self.log.read(offset, max_bytes).await?;
         batches.retain(|b| b.header.base_offset < hw);
         Ok(batches)
+    }
+
+    /// Stored batches from the one holding `offset` up to the log end (above the high watermark
+    /// too): for the broker's own replay of a log it now leads.
+    pub async fn read_to_end(&self, offset: i64, max_bytes: usize) -> Result<Vec<StoredBatch>, PartitionError> {
+        let offset = u64::try_from(offset)
+            .map_err(|_| PartitionError::new(ResponseError::OffsetOutOfRange, "negative offset"))?;
+        Ok(self.log.read(offset, max_bytes).await?)
     }
 
     /// Resolves once the high watermark is above `offset` (or at once if it already is).

@@ -15,6 +15,7 @@ use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{error, info, warn};
 
+use crate::cluster::{BasicNode, ControlPlane, ControlPlaneConfig};
 use crate::config::BrokerConfig;
 use crate::groups::offsets_log::OFFSETS_TOPIC;
 use crate::shard::{Envelope, ReplyEnvelope, Shard};
@@ -39,25 +40,26 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     config.data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|e| anyhow::anyhow!("resolving data dir {}: {e}", config.data_dir.display()))?;
 
+    // Cluster mode: the control plane (Raft) starts first; the catalog comes from its state.
+    let control = if config.cluster.is_cluster() { Some(Arc::new(start_control_plane(&config)?)) } else { None };
     // Load (and, if the core count changed, rebalance) the catalog before the cores start.
     let data_dir = config.data_dir.clone();
+    let clustered = control.is_some();
     let offsets_partitions = config.offsets_topic_partitions;
     let table: TopicTable = LocalExecutorBuilder::new(Placement::Unbound)
         .name("sluice-startup")
         .io_memory(1 << 20)
         .spawn(move || async move {
+            if clustered {
+                return anyhow::Ok(TopicTable::default());
+            }
             let mut table = topics::load(&data_dir).await?;
             if table.rebalance_missing_shards(cores) {
                 warn!(cores, "core count changed: partitions of missing cores were reassigned");
             }
             // Committed offsets: fsync'ed per batch, compacted (the latest commit per group and
             // partition stays; tombstones from expiry and deletes go after a day).
-            let offsets_configs = vec![
-                ("cleanup.policy".to_string(), "compact".to_string()),
-                ("flush.messages".to_string(), "1".to_string()),
-                ("retention.ms".to_string(), "-1".to_string()),
-                ("segment.bytes".to_string(), (100u64 << 20).to_string()),
-            ];
+            let offsets_configs = crate::groups::offsets_log::topic_configs();
             if let Some(meta) = table.topics.get(OFFSETS_TOPIC) {
                 // Created by an older version: add what it lacks.
                 let mut configs = meta.configs.clone();
@@ -84,6 +86,18 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("starting executor: {e}"))?
         .join()
         .map_err(|e| anyhow::anyhow!("startup executor: {e}"))??;
+    let table = match &control {
+        Some(cp) => {
+            let view = topics::ClusterView {
+                node_id: config.node_id,
+                controller: cp.current_leader().map(|n| n as i32),
+                applied_index: cp.metrics().last_applied.map_or(0, |l| l.index),
+                state: cp.state(),
+            };
+            TopicTable::from_cluster(view, cores, 0)
+        }
+        None => table,
+    };
     let table = Arc::new(table);
     let config = Arc::new(config);
     info!(cores, topics = table.topics.len(), "starting");
@@ -111,12 +125,14 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
             (config.clone(), table.clone(), stop.clone(), ready.clone(), startup.clone());
         let (requests, replies) = (requests.clone(), replies.clone());
         let core_metrics = metrics.core(i);
+        let control = control.clone();
         let h = LocalExecutorBuilder::new(placement)
             .name(&format!("sluice-core-{i}"))
             .io_memory(config.io_memory_bytes)
             .spawn(move || async move {
                 let mesh = (requests, replies);
-                let res = core_main(i, cores, config, table, mesh, core_metrics, stop.clone(), ready, startup).await;
+                let res =
+                    core_main(i, cores, config, table, mesh, core_metrics, control, stop.clone(), ready, startup).await;
                 if let Err(e) = &res {
                     error!(core = i, error = %e, "core failed; stopping the broker");
                     stop.store(true, Ordering::SeqCst);
@@ -154,13 +170,14 @@ async fn core_main(
         MeshBuilder<ReplyEnvelope, glommio::channels::channel_mesh::Full>,
     ),
     metrics: Arc<crate::metrics::CoreMetrics>,
+    control: Option<Arc<ControlPlane>>,
     stop: Arc<AtomicBool>,
     ready: Arc<AtomicUsize>,
     startup: Arc<std::sync::Barrier>,
 ) -> anyhow::Result<()> {
     let (req_tx, req_rx) = requests.join().await.map_err(|_| anyhow::anyhow!("joining the request mesh"))?;
     let (rep_tx, rep_rx) = replies.join().await.map_err(|_| anyhow::anyhow!("joining the reply mesh"))?;
-    let shard = Shard::new(id, cores, config.clone(), table.clone(), req_tx, rep_tx, metrics);
+    let shard = Shard::new(id, cores, config.clone(), table.clone(), req_tx, rep_tx, metrics, control.clone());
     shard.start_mesh_tasks(req_rx, rep_rx);
     shard.apply_catalog(table).await;
     shard.load_offsets().await?;
@@ -169,6 +186,24 @@ async fn core_main(
     // its groups: a request forwarded to a core still starting would see a half-built state.
     // Nothing else runs on the cores yet, so blocking this thread here is harmless.
     startup.wait();
+    if let Some(cp) = &control {
+        // Replication: the listener followers fetch from, this core's fetchers, its ISR watch, and
+        // on core 0 the metadata sync, registration and controller.
+        let addr = config.replication_listen().unwrap_or_default().to_string();
+        let s = shard.clone();
+        glommio::spawn_local(async move {
+            if let Err(e) = crate::replica::server::listen(s.clone(), addr).await {
+                error!(core = s.id, error = %e, "replication listener failed; stopping the broker");
+                s.begin_shutdown();
+            }
+        })
+        .detach();
+        crate::replica::fetcher::start(&shard);
+        crate::controller::start_isr_watch(&shard, cp.clone());
+        if id == 0 {
+            crate::controller::start(&shard, cp.clone());
+        }
+    }
     let listener = TcpListener::bind(&config.listen).map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
     if ready.fetch_add(1, Ordering::SeqCst) + 1 == cores {
         info!(cores, "listening on {}", config.listen);
@@ -251,6 +286,33 @@ async fn core_main(
     }
     shard.close_all().await;
     Ok(())
+}
+
+/// Starts this broker's member of the cluster-metadata Raft group and, on a brand-new cluster, makes
+/// the configured peers its members (every broker tries; all but the first find it initialized).
+fn start_control_plane(config: &BrokerConfig) -> anyhow::Result<ControlPlane> {
+    use std::net::ToSocketAddrs;
+    let raft = config.raft_listen().ok_or_else(|| anyhow::anyhow!("no raft address for node {}", config.node_id))?;
+    let rpc_addr = raft
+        .to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("raft address {raft}: {e}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("raft address {raft} resolves to nothing"))?;
+    let cfg = ControlPlaneConfig::new(config.node_id as u64, config.data_dir.join("__raft"), rpc_addr);
+    let cp = ControlPlane::start(cfg).map_err(|e| anyhow::anyhow!("cluster control plane: {e}"))?;
+    let members: std::collections::BTreeMap<u64, BasicNode> =
+        config.cluster.peers.iter().map(|p| (p.id as u64, BasicNode { addr: p.raft.clone() })).collect();
+    match futures_executor_block_on(cp.initialize(members)) {
+        Some(Ok(())) => info!("initialized a new cluster"),
+        Some(Err(e)) => tracing::debug!(error = %e, "cluster already initialized"),
+        None => anyhow::bail!("control plane stopped while starting"),
+    }
+    Ok(cp)
+}
+
+/// Waits for a control-plane reply from this (non-executor) thread.
+fn futures_executor_block_on<T>(rx: futures_channel::oneshot::Receiver<T>) -> Option<T> {
+    futures_lite::future::block_on(rx).ok()
 }
 
 /// Sleeps `ms`, or less if shutdown begins; true when it did.

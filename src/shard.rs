@@ -70,19 +70,69 @@ pub struct RemoteRead {
 
 /// Requests one core sends another.
 pub enum CoreRequest {
-    Produce { topic: String, partition: i32, records: Bytes },
-    Fetch { topic: String, partition: i32, offset: i64, max_bytes: usize },
-    WaitForData { topic: String, partition: i32, offset: i64, timeout: Duration },
-    ListOffset { topic: String, partition: i32, timestamp: i64 },
-    Watermarks { topic: String, partition: i32 },
-    DeleteRecords { topic: String, partition: i32, offset: i64 },
-    CreateTopics { topics: Vec<NewTopic>, validate_only: bool },
-    DeleteTopics { names: Vec<String> },
-    CreatePartitions { topics: Vec<(String, i32)>, validate_only: bool },
+    Produce {
+        topic: String,
+        partition: i32,
+        records: Bytes,
+        acks: i16,
+        timeout: Duration,
+    },
+    Fetch {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    },
+    WaitForData {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        timeout: Duration,
+    },
+    ListOffset {
+        topic: String,
+        partition: i32,
+        timestamp: i64,
+    },
+    Watermarks {
+        topic: String,
+        partition: i32,
+    },
+    DeleteRecords {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+    CreateTopics {
+        topics: Vec<NewTopic>,
+        validate_only: bool,
+    },
+    DeleteTopics {
+        names: Vec<String>,
+    },
+    CreatePartitions {
+        topics: Vec<(String, i32)>,
+        validate_only: bool,
+    },
     AllocateProducerId,
-    AlterTopicConfigs { changes: Vec<TopicConfigChange>, validate_only: bool },
+    AlterTopicConfigs {
+        changes: Vec<TopicConfigChange>,
+        validate_only: bool,
+    },
     CatalogChanged(Arc<TopicTable>),
     Group(Box<GroupCall>),
+    /// A replication connection accepted by another core for this one (the follower asked for it
+    /// in its Hello): serve it here, where the partitions it fetches live.
+    AdoptReplicaConnection {
+        fd: std::os::fd::OwnedFd,
+        hello: crate::replication::Hello,
+        correlation_id: u32,
+    },
+    /// A follower's fetch of partitions this core owns (when its connection landed elsewhere).
+    ReplicaFetch {
+        follower: i32,
+        partitions: Vec<crate::replication::FetchPartition>,
+    },
 }
 
 /// Group-coordinator work, run on the core coordinating the group.
@@ -123,6 +173,7 @@ pub enum CoreReply {
     Topics(Vec<TopicOutcome>),
     ProducerId(Result<i64, PartitionError>),
     Group(GroupReply),
+    ReplicaFetched(Vec<(crate::replication::FetchedPartition, Vec<Bytes>)>),
     Done,
 }
 
@@ -153,20 +204,29 @@ pub struct Shard {
     pending: RefCell<HashMap<u64, oneshot::Sender<CoreReply>>>,
     next_call: Cell<u64>,
     /// Serialises catalog changes (core 0 only).
-    catalog_lock: Semaphore,
+    pub(crate) catalog_lock: Semaphore,
     /// Serialises applying catalog snapshots on this core.
     apply_lock: Semaphore,
+    /// Serialises publishing cluster metadata (core 0, cluster mode).
+    pub(crate) sync_lock: Semaphore,
     /// Producer ids reserved by the persisted catalog and not yet handed out (core 0 only).
-    producer_ids: Cell<(i64, i64)>,
+    pub(crate) producer_ids: Cell<(i64, i64)>,
     pub shutdown: Event,
     pub shutting_down: Cell<bool>,
     /// Groups whose `__consumer_offsets` partition this core owns.
     pub groups: GroupCoordinator,
     /// This core's metrics (read by the exporter thread).
     pub metrics: Arc<crate::metrics::CoreMetrics>,
+    /// Cluster mode: this broker's member of the cluster-metadata Raft group.
+    pub control: Option<Arc<crate::cluster::ControlPlane>>,
+    /// Notified when this core's followed partitions or their leaders change (fetchers re-plan).
+    pub followers_changed: Event,
+    /// Partitions with an ISR change proposal in flight (one at a time each).
+    pub isr_pending: RefCell<std::collections::HashSet<(String, i32)>>,
 }
 
 impl Shard {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: usize,
         cores: usize,
@@ -175,6 +235,7 @@ impl Shard {
         requests: Senders<Envelope>,
         replies: Senders<ReplyEnvelope>,
         metrics: Arc<crate::metrics::CoreMetrics>,
+        control: Option<Arc<crate::cluster::ControlPlane>>,
     ) -> Rc<Shard> {
         let next = catalog.next_producer_id;
         Rc::new(Shard {
@@ -189,11 +250,15 @@ impl Shard {
             next_call: Cell::new(0),
             catalog_lock: Semaphore::new(1),
             apply_lock: Semaphore::new(1),
+            sync_lock: Semaphore::new(1),
             producer_ids: Cell::new((next, next)),
             shutdown: Event::new(),
             shutting_down: Cell::new(false),
             groups: GroupCoordinator::default(),
             metrics,
+            control,
+            followers_changed: Event::new(),
+            isr_pending: RefCell::new(Default::default()),
         })
     }
 
@@ -264,8 +329,26 @@ impl Shard {
     /// A partition owned by this core.
     pub fn local(&self, topic: &str, partition: i32) -> Result<Rc<Partition>, PartitionError> {
         self.partitions.borrow().get(&(topic.to_string(), partition)).cloned().ok_or_else(|| {
-            PartitionError::new(ResponseError::UnknownTopicOrPartition, format!("{topic}-{partition} is not open here"))
+            // In a cluster, a known partition not hosted here has its replicas on other brokers.
+            let code = if self.catalog.borrow().cluster.is_some() {
+                ResponseError::NotLeaderOrFollower
+            } else {
+                ResponseError::UnknownTopicOrPartition
+            };
+            PartitionError::new(code, format!("{topic}-{partition} is not open here"))
         })
+    }
+
+    /// A partition owned by this core that this broker leads (what clients may use).
+    pub fn leading(&self, topic: &str, partition: i32) -> Result<Rc<Partition>, PartitionError> {
+        let p = self.local(topic, partition)?;
+        p.check_leader()?;
+        Ok(p)
+    }
+
+    /// Every partition open on this core.
+    pub fn local_partitions(&self) -> Vec<Rc<Partition>> {
+        self.partitions.borrow().values().cloned().collect()
     }
 
     /// Sends `req` to `core` and waits for its reply; runs it inline when `core` is this one.
@@ -320,9 +403,9 @@ impl Shard {
 
     async fn handle(self: &Rc<Self>, req: CoreRequest) -> CoreReply {
         match req {
-            CoreRequest::Produce { topic, partition, records } => {
+            CoreRequest::Produce { topic, partition, records, acks, timeout } => {
                 CoreReply::Produce(match self.local(&topic, partition) {
-                    Ok(p) => p.produce(&records).await,
+                    Ok(p) => p.produce(&records, acks, timeout).await,
                     Err(e) => Err(e),
                 })
             }
@@ -340,16 +423,16 @@ impl Shard {
                 CoreReply::Waited
             }
             CoreRequest::ListOffset { topic, partition, timestamp } => {
-                CoreReply::ListOffset(match self.local(&topic, partition) {
+                CoreReply::ListOffset(match self.leading(&topic, partition) {
                     Ok(p) => list_offset(&p, timestamp).await,
                     Err(e) => Err(e),
                 })
             }
-            CoreRequest::Watermarks { topic, partition } => {
-                CoreReply::Watermarks(self.local(&topic, partition).map(|p| (p.log_start_offset(), p.high_watermark())))
-            }
+            CoreRequest::Watermarks { topic, partition } => CoreReply::Watermarks(
+                self.leading(&topic, partition).map(|p| (p.log_start_offset(), p.high_watermark())),
+            ),
             CoreRequest::DeleteRecords { topic, partition, offset } => {
-                CoreReply::DeleteRecords(match self.local(&topic, partition) {
+                CoreReply::DeleteRecords(match self.leading(&topic, partition) {
                     Ok(p) => p.delete_records(offset).await,
                     Err(e) => Err(e),
                 })
@@ -370,6 +453,13 @@ impl Shard {
                 CoreReply::Done
             }
             CoreRequest::Group(call) => CoreReply::Group(self.run_group(*call).await),
+            CoreRequest::AdoptReplicaConnection { fd, hello, correlation_id } => {
+                crate::replica::server::adopt(self.clone(), fd, hello, correlation_id);
+                CoreReply::Done
+            }
+            CoreRequest::ReplicaFetch { follower, partitions } => {
+                CoreReply::ReplicaFetched(crate::replica::server::fetch_copied(self, follower, &partitions).await)
+            }
         }
     }
 
@@ -455,22 +545,29 @@ impl Shard {
         let parts: Vec<Rc<Partition>> =
             self.partitions.borrow().iter().filter(|((t, _), _)| t == OFFSETS_TOPIC).map(|(_, p)| p.clone()).collect();
         for p in parts {
-            let mut at = p.log_start_offset();
-            let end = p.high_watermark();
-            let mut n = 0usize;
-            while at < end {
-                let batches = p.read(at, 1 << 20).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
-                let Some(last) = batches.last() else { break };
-                at = last.header.next_offset() as i64;
-                for b in &batches {
-                    let recs = offsets_log::decode_batches(Bytes::copy_from_slice(&b.payload))?;
-                    n += recs.len();
-                    self.groups.apply(recs);
-                }
+            self.load_offsets_of(&p).await?;
+        }
+        Ok(())
+    }
+
+    /// Replays one `__consumer_offsets` partition (to its log end: a new leader's high watermark
+    /// may still be catching up with records the ISR holds).
+    async fn load_offsets_of(&self, p: &Partition) -> anyhow::Result<()> {
+        let mut at = p.log_start_offset();
+        let end = p.log_end_offset();
+        let mut n = 0usize;
+        while at < end {
+            let batches = p.read_to_end(at, 1 << 20).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let Some(last) = batches.last() else { break };
+            at = last.header.next_offset() as i64;
+            for b in &batches {
+                let recs = offsets_log::decode_batches(Bytes::copy_from_slice(&b.payload))?;
+                n += recs.len();
+                self.groups.apply(recs);
             }
-            if n > 0 {
-                info!(partition = p.index, records = n, core = self.id, "committed offsets loaded");
-            }
+        }
+        if n > 0 {
+            info!(partition = p.index, records = n, core = self.id, "committed offsets loaded");
         }
         Ok(())
     }
@@ -494,7 +591,7 @@ impl Shard {
         offset: i64,
         max_bytes: usize,
     ) -> Result<RemoteRead, PartitionError> {
-        let p = self.local(topic, partition)?;
+        let p = self.leading(topic, partition)?;
         let batches = p.read(offset, max_bytes).await?;
         // Crossing to another core needs owned, Send bytes: one copy (local fetches splice instead).
         let batches = batches.iter().map(|b| Bytes::copy_from_slice(&b.payload)).collect();
@@ -513,7 +610,7 @@ impl Shard {
         let mut wanted: Vec<(Arc<TopicMeta>, i32)> = Vec::new();
         for t in table.topics.values() {
             for (p, s) in t.shards.iter().enumerate() {
-                if *s as usize == self.id {
+                if *s as usize == self.id && table.hosts(&t.name, p as i32) {
                     wanted.push((t.clone(), p as i32));
                 }
             }
@@ -562,12 +659,59 @@ impl Shard {
                 Err(e) => error!(topic = %t.name, partition = p, error = %e, "cannot open partition"),
             }
         }
+        if let Some(view) = &table.cluster {
+            self.apply_roles(view).await;
+        }
     }
 
-    /// Persists `table` and makes every core apply it; returns once all have.
-    async fn publish(self: &Rc<Self>, mut table: TopicTable) -> Result<(), PartitionError> {
+    /// Cluster mode: makes each open partition leader or follower as the metadata says; a new
+    /// leadership of a `__consumer_offsets` partition loads its groups' committed offsets.
+    async fn apply_roles(&self, view: &crate::topics::ClusterView) {
+        let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        let mut followers_changed = false;
+        for p in parts {
+            let Some(ps) = view.partition(&p.topic, p.index) else { continue };
+            let before = p.role();
+            if ps.leader == view.node_id {
+                let r = p
+                    .become_leader(
+                        view.node_id,
+                        ps.leader_epoch,
+                        ps.partition_epoch,
+                        ps.replicas.clone(),
+                        ps.isr.clone(),
+                    )
+                    .await;
+                if let Err(e) = r {
+                    error!(topic = %p.topic, partition = p.index, error = %e, "cannot take the leadership");
+                    continue;
+                }
+                let was_leader =
+                    matches!(&before, crate::partition::Role::Leader(l) if l.leader_epoch == ps.leader_epoch);
+                followers_changed |= matches!(before, crate::partition::Role::Follower { .. });
+                if !was_leader && p.topic == OFFSETS_TOPIC {
+                    if let Err(e) = self.load_offsets_of(&p).await {
+                        error!(partition = p.index, error = %e, "loading committed offsets");
+                    }
+                }
+            } else {
+                p.become_follower(ps.leader, ps.leader_epoch);
+                followers_changed |= !matches!(before,
+                    crate::partition::Role::Follower { leader, leader_epoch } if leader == ps.leader && leader_epoch == ps.leader_epoch);
+            }
+        }
+        if followers_changed {
+            self.followers_changed.notify(usize::MAX);
+        }
+    }
+
+    /// Persists `table` (single node; a cluster's metadata lives in Raft) and makes every core
+    /// apply it; returns once all have.
+    pub(crate) async fn publish(self: &Rc<Self>, mut table: TopicTable) -> Result<(), PartitionError> {
         table.version = self.catalog.borrow().version + 1;
-        topics::save(&self.config.data_dir, &table).await?;
+        if table.cluster.is_none() {
+            topics::save(&self.config.data_dir, &table).await?;
+        }
         let table = Arc::new(table);
         for core in 0..self.cores {
             self.call(core, CoreRequest::CatalogChanged(table.clone())).await;
@@ -576,6 +720,9 @@ impl Shard {
     }
 
     async fn create_topics(self: &Rc<Self>, new: Vec<NewTopic>, validate_only: bool) -> Vec<TopicOutcome> {
+        if let Some(cp) = self.control.clone() {
+            return crate::controller::create_topics(self, &cp, new, validate_only).await;
+        }
         assert_eq!(self.id, CATALOG_CORE, "catalog changes run on the catalog core");
         let _permit = self.catalog_lock.acquire_permit(1).await;
         let mut table = (*self.catalog()).clone();
@@ -588,31 +735,18 @@ impl Shard {
                 error: Some((code, msg)),
                 partitions: t.partitions,
             };
-            if let Err(msg) = topics::validate_topic_name(&t.name) {
-                out.push(fail(ResponseError::InvalidTopicException, msg));
-                continue;
-            }
-            if table.topics.contains_key(&t.name) {
-                out.push(fail(ResponseError::TopicAlreadyExists, format!("Topic '{}' already exists.", t.name)));
-                continue;
-            }
-            let partitions = if t.partitions == -1 { self.config.default_partitions as i32 } else { t.partitions };
-            if partitions < 1 || partitions as u32 > topics::MAX_PARTITIONS_PER_TOPIC {
-                out.push(fail(
-                    ResponseError::InvalidPartitions,
-                    format!("Number of partitions must be in [1, {}].", topics::MAX_PARTITIONS_PER_TOPIC),
-                ));
-                continue;
-            }
+            let partitions = match self.validate_new_topic(&t, table.topics.contains_key(&t.name)) {
+                Ok(n) => n,
+                Err((code, msg)) => {
+                    out.push(fail(code, msg));
+                    continue;
+                }
+            };
             if t.replication_factor != -1 && t.replication_factor != 1 {
                 out.push(fail(
                     ResponseError::InvalidReplicationFactor,
                     format!("Replication factor: {} larger than available brokers: 1.", t.replication_factor),
                 ));
-                continue;
-            }
-            if let Err(msg) = TopicSettings::resolve(&self.config, &t.configs) {
-                out.push(fail(ResponseError::InvalidConfig, msg));
                 continue;
             }
             let id = *uuid::Uuid::new_v4().as_bytes();
@@ -636,7 +770,27 @@ impl Shard {
         out
     }
 
+    /// Checks a topic to create (name, partition count, configs): its partition count, or the error.
+    pub(crate) fn validate_new_topic(&self, t: &NewTopic, exists: bool) -> Result<i32, (ResponseError, String)> {
+        topics::validate_topic_name(&t.name).map_err(|msg| (ResponseError::InvalidTopicException, msg))?;
+        if exists {
+            return Err((ResponseError::TopicAlreadyExists, format!("Topic '{}' already exists.", t.name)));
+        }
+        let partitions = if t.partitions == -1 { self.config.default_partitions as i32 } else { t.partitions };
+        if partitions < 1 || partitions as u32 > topics::MAX_PARTITIONS_PER_TOPIC {
+            return Err((
+                ResponseError::InvalidPartitions,
+                format!("Number of partitions must be in [1, {}].", topics::MAX_PARTITIONS_PER_TOPIC),
+            ));
+        }
+        TopicSettings::resolve(&self.config, &t.configs).map_err(|msg| (ResponseError::InvalidConfig, msg))?;
+        Ok(partitions)
+    }
+
     async fn delete_topics(self: &Rc<Self>, names: Vec<String>) -> Vec<TopicOutcome> {
+        if let Some(cp) = self.control.clone() {
+            return crate::controller::delete_topics(self, &cp, names).await;
+        }
         assert_eq!(self.id, CATALOG_CORE, "catalog changes run on the catalog core");
         let _permit = self.catalog_lock.acquire_permit(1).await;
         let mut table = (*self.catalog()).clone();
@@ -663,6 +817,9 @@ impl Shard {
     }
 
     async fn create_partitions(self: &Rc<Self>, wanted: Vec<(String, i32)>, validate_only: bool) -> Vec<TopicOutcome> {
+        if let Some(cp) = self.control.clone() {
+            return crate::controller::create_partitions(self, &cp, wanted, validate_only).await;
+        }
         assert_eq!(self.id, CATALOG_CORE, "catalog changes run on the catalog core");
         let _permit = self.catalog_lock.acquire_permit(1).await;
         let mut table = (*self.catalog()).clone();
@@ -716,6 +873,9 @@ impl Shard {
         changes: Vec<TopicConfigChange>,
         validate_only: bool,
     ) -> Vec<TopicOutcome> {
+        if let Some(cp) = self.control.clone() {
+            return crate::controller::alter_topic_configs(self, &cp, changes, validate_only).await;
+        }
         assert_eq!(self.id, CATALOG_CORE, "catalog changes run on the catalog core");
         let _permit = self.catalog_lock.acquire_permit(1).await;
         let mut table = (*self.catalog()).clone();
@@ -761,6 +921,9 @@ impl Shard {
     /// Hands out a producer id that was never handed out before, even across restarts: ids are
     /// reserved in blocks persisted in the catalog before any of them is used.
     async fn allocate_producer_id(self: &Rc<Self>) -> Result<i64, PartitionError> {
+        if let Some(cp) = self.control.clone() {
+            return crate::controller::allocate_producer_id(self, &cp).await;
+        }
         assert_eq!(self.id, CATALOG_CORE, "producer ids come from the catalog core");
         let _permit = self.catalog_lock.acquire_permit(1).await;
         let (next, limit) = self.producer_ids.get();
@@ -846,7 +1009,7 @@ impl Shard {
     ) -> Result<FetchedRecords, PartitionError> {
         let owner = self.owner(topic, partition)?;
         if owner == self.id {
-            let p = self.local(topic, partition)?;
+            let p = self.leading(topic, partition)?;
             let batches = p.read(offset, max_bytes).await?;
             return Ok(FetchedRecords::Local(batches, p.high_watermark(), p.log_start_offset()));
         }

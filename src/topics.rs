@@ -37,6 +37,34 @@ pub struct Catalog {
     pub next_producer_id: i64,
 }
 
+/// The cluster metadata behind a cluster-mode table, as this broker last applied it.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    /// This broker's id.
+    pub node_id: i32,
+    /// The Raft leader (the controller), when known.
+    pub controller: Option<i32>,
+    /// Raft log index the state was applied up to.
+    pub applied_index: u64,
+    pub state: crate::cluster::ClusterState,
+}
+
+impl ClusterView {
+    /// Replicas, leader, epochs and ISR of one partition.
+    pub fn partition(&self, topic: &str, partition: i32) -> Option<&crate::cluster::PartitionState> {
+        self.state.topics.get(topic)?.partitions.get(usize::try_from(partition).ok()?)
+    }
+}
+
+/// The core hosting a partition on every broker of a cluster with `cores` cores: spread by topic id
+/// and partition, the same on every broker with as many cores (so a follower's core fetches from
+/// the same core of its leader).
+pub fn core_for(topic_id: &[u8; 16], partition: usize, cores: usize) -> u32 {
+    assert!(cores >= 1, "at least one core");
+    let seed = u32::from_le_bytes([topic_id[0], topic_id[1], topic_id[2], topic_id[3]]) as usize;
+    ((seed % cores + partition) % cores) as u32
+}
+
 /// An immutable snapshot of the catalog as every core sees it.
 #[derive(Debug, Clone, Default)]
 pub struct TopicTable {
@@ -46,15 +74,51 @@ pub struct TopicTable {
     pub cluster_id: String,
     pub topics: BTreeMap<String, Arc<TopicMeta>>,
     pub next_producer_id: i64,
+    /// Cluster mode: the Raft-replicated metadata this table was built from (None: single node).
+    pub cluster: Option<Arc<ClusterView>>,
 }
 
 impl TopicTable {
+    /// The table of a cluster broker with `cores` cores, from the cluster metadata.
+    pub fn from_cluster(view: ClusterView, cores: usize, version: u64) -> Self {
+        let topics = view
+            .state
+            .topics
+            .iter()
+            .map(|(name, t)| {
+                let meta = TopicMeta {
+                    name: name.clone(),
+                    id: t.id,
+                    shards: (0..t.partitions.len()).map(|p| core_for(&t.id, p, cores)).collect(),
+                    configs: t.configs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                };
+                (name.clone(), Arc::new(meta))
+            })
+            .collect();
+        TopicTable {
+            version,
+            cluster_id: view.state.cluster_id.clone(),
+            topics,
+            next_producer_id: view.state.next_producer_id,
+            cluster: Some(Arc::new(view)),
+        }
+    }
+
+    /// Whether this broker holds a replica of the partition (always, on a single node).
+    pub fn hosts(&self, topic: &str, partition: i32) -> bool {
+        match &self.cluster {
+            None => true,
+            Some(v) => v.partition(topic, partition).is_some_and(|p| p.replicas.contains(&v.node_id)),
+        }
+    }
+
     pub fn from_catalog(c: Catalog) -> Self {
         TopicTable {
             version: 0,
             cluster_id: c.cluster_id,
             next_producer_id: c.next_producer_id,
             topics: c.topics.into_iter().map(|t| (t.name.clone(), Arc::new(t))).collect(),
+            cluster: None,
         }
     }
 
@@ -177,7 +241,7 @@ pub async fn save(data_dir: &Path, table: &TopicTable) -> Result<(), sluice_io::
 }
 
 /// Kafka cluster ids are 22-character URL-safe base64 of 16 bytes.
-fn base64_url(bytes: &[u8; 16]) -> String {
+pub fn base64_url(bytes: &[u8; 16]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::with_capacity(22);
     let mut acc = 0u32;

@@ -128,8 +128,13 @@ fn three_nodes_replicate_refuse_follower_writes_fail_over_and_rejoin() {
     }
 
     // (e) Leader epochs only go up: a stale SetLeader is a refused command, not a Raft error.
-    let set_leader =
-        |leader, leader_epoch| ClusterCommand::SetLeader { topic: "orders".into(), partition: 0, leader, leader_epoch };
+    let set_leader = |leader, leader_epoch| ClusterCommand::SetLeader {
+        topic: "orders".into(),
+        partition: 0,
+        leader,
+        leader_epoch,
+        isr: vec![1, 2, 3],
+    };
     assert_eq!(cluster.write(leader, set_leader(2, 1)).unwrap().result, Ok(()));
     let stale = cluster.write(leader, set_leader(3, 1)).unwrap();
     assert_eq!(stale.result, Err(Rejection::StaleLeaderEpoch { current: 1, proposed: 1 }));

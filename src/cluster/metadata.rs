@@ -20,8 +20,22 @@ pub struct PartitionState {
     pub replicas: Vec<BrokerId>,
     pub leader: BrokerId,
     pub leader_epoch: i32,
+    /// Bumped by every leader or ISR change (Kafka's partition epoch).
+    pub partition_epoch: i32,
     /// In-sync replicas; always a non-empty subset of `replicas` holding `leader`.
     pub isr: Vec<BrokerId>,
+}
+
+impl PartitionState {
+    fn new(replicas: &[BrokerId]) -> Self {
+        PartitionState {
+            replicas: replicas.to_vec(),
+            leader: replicas[0],
+            leader_epoch: 0,
+            partition_epoch: 0,
+            isr: replicas.to_vec(),
+        }
+    }
 }
 
 /// One topic.
@@ -32,17 +46,43 @@ pub struct TopicState {
     pub partitions: Vec<PartitionState>,
 }
 
+/// First producer id of a new cluster (as the single-node catalog).
+pub const FIRST_PRODUCER_ID: i64 = 1000;
+/// Largest block of producer ids one command reserves.
+pub const MAX_PRODUCER_ID_BLOCK: i64 = 1 << 20;
+
 /// The replicated cluster metadata.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
+    /// Kafka's cluster id; empty until the first controller names the cluster.
+    pub cluster_id: String,
     pub brokers: BTreeMap<BrokerId, BrokerEndpoints>,
     pub topics: BTreeMap<String, TopicState>,
+    /// Next producer id not yet reserved.
+    pub next_producer_id: i64,
+}
+
+impl Default for ClusterState {
+    fn default() -> Self {
+        ClusterState {
+            cluster_id: String::new(),
+            brokers: BTreeMap::new(),
+            topics: BTreeMap::new(),
+            next_producer_id: FIRST_PRODUCER_ID,
+        }
+    }
 }
 
 impl ClusterState {
     /// Applies `cmd`; on refusal the state is unchanged.
     pub fn apply(&mut self, cmd: &ClusterCommand) -> CommandResult {
         match cmd {
+            ClusterCommand::InitCluster { cluster_id } => {
+                if self.cluster_id.is_empty() {
+                    self.cluster_id = cluster_id.clone();
+                }
+                Ok(())
+            }
             ClusterCommand::RegisterBroker { broker_id, endpoints } => {
                 self.brokers.insert(*broker_id, endpoints.clone());
                 Ok(())
@@ -52,15 +92,7 @@ impl ClusterState {
                     return Err(Rejection::TopicExists(name.clone()));
                 }
                 self.check_assignment(assignment)?;
-                let partitions = assignment
-                    .iter()
-                    .map(|replicas| PartitionState {
-                        replicas: replicas.clone(),
-                        leader: replicas[0],
-                        leader_epoch: 0,
-                        isr: replicas.clone(),
-                    })
-                    .collect();
+                let partitions = assignment.iter().map(|r| PartitionState::new(r)).collect();
                 let topic = TopicState { id: *topic_id, configs: configs.clone(), partitions };
                 self.topics.insert(name.clone(), topic);
                 Ok(())
@@ -69,7 +101,25 @@ impl ClusterState {
                 Some(_) => Ok(()),
                 None => Err(Rejection::UnknownTopic(name.clone())),
             },
-            ClusterCommand::SetLeader { topic, partition, leader, leader_epoch } => {
+            ClusterCommand::AddPartitions { name, assignment } => {
+                let existing = self.topics.get(name).ok_or_else(|| Rejection::UnknownTopic(name.clone()))?;
+                if existing.partitions.len() + assignment.len() > MAX_PARTITIONS_PER_TOPIC {
+                    return Err(Rejection::InvalidAssignment(format!(
+                        "{} partitions (1..={MAX_PARTITIONS_PER_TOPIC})",
+                        existing.partitions.len() + assignment.len()
+                    )));
+                }
+                self.check_assignment(assignment)?;
+                let t = self.topics.get_mut(name).ok_or_else(|| Rejection::UnknownTopic(name.clone()))?;
+                t.partitions.extend(assignment.iter().map(|r| PartitionState::new(r)));
+                Ok(())
+            }
+            ClusterCommand::SetTopicConfigs { name, configs } => {
+                let t = self.topics.get_mut(name).ok_or_else(|| Rejection::UnknownTopic(name.clone()))?;
+                t.configs = configs.clone();
+                Ok(())
+            }
+            ClusterCommand::SetLeader { topic, partition, leader, leader_epoch, isr } => {
                 let p = self.partition_mut(topic, *partition)?;
                 if *leader_epoch <= p.leader_epoch {
                     return Err(Rejection::StaleLeaderEpoch { current: p.leader_epoch, proposed: *leader_epoch });
@@ -77,17 +127,42 @@ impl ClusterState {
                 if !p.isr.contains(leader) {
                     return Err(Rejection::NotInIsr(*leader));
                 }
+                let mut next = p.clone();
+                next.leader = *leader;
+                check_isr(&next, isr)?;
+                if isr.iter().any(|b| !p.isr.contains(b)) {
+                    return Err(Rejection::InvalidIsr("an election cannot add to the ISR".into()));
+                }
                 p.leader = *leader;
                 p.leader_epoch = *leader_epoch;
+                p.partition_epoch += 1;
+                p.isr = isr.clone();
                 Ok(())
             }
-            ClusterCommand::SetIsr { topic, partition, isr, leader_epoch } => {
+            ClusterCommand::SetIsr { topic, partition, isr, leader_epoch, partition_epoch } => {
                 let p = self.partition_mut(topic, *partition)?;
                 if *leader_epoch != p.leader_epoch {
                     return Err(Rejection::LeaderEpochMismatch { current: p.leader_epoch, expected: *leader_epoch });
                 }
+                if *partition_epoch != p.partition_epoch {
+                    return Err(Rejection::PartitionEpochMismatch {
+                        current: p.partition_epoch,
+                        expected: *partition_epoch,
+                    });
+                }
                 check_isr(p, isr)?;
                 p.isr = isr.clone();
+                p.partition_epoch += 1;
+                Ok(())
+            }
+            ClusterCommand::ReserveProducerIds { start, count } => {
+                if !(1..=MAX_PRODUCER_ID_BLOCK).contains(count) {
+                    return Err(Rejection::InvalidProducerIdBlock(*count));
+                }
+                if *start != self.next_producer_id {
+                    return Err(Rejection::ProducerIdsTaken { expected: self.next_producer_id, proposed: *start });
+                }
+                self.next_producer_id += count;
                 Ok(())
             }
         }
@@ -167,12 +242,12 @@ mod tests {
         s
     }
 
-    fn set_leader(leader: BrokerId, leader_epoch: i32) -> ClusterCommand {
-        ClusterCommand::SetLeader { topic: "t".into(), partition: 0, leader, leader_epoch }
+    fn set_leader(leader: BrokerId, leader_epoch: i32, isr: Vec<BrokerId>) -> ClusterCommand {
+        ClusterCommand::SetLeader { topic: "t".into(), partition: 0, leader, leader_epoch, isr }
     }
 
-    fn set_isr(isr: Vec<BrokerId>, leader_epoch: i32) -> ClusterCommand {
-        ClusterCommand::SetIsr { topic: "t".into(), partition: 0, isr, leader_epoch }
+    fn set_isr(isr: Vec<BrokerId>, leader_epoch: i32, partition_epoch: i32) -> ClusterCommand {
+        ClusterCommand::SetIsr { topic: "t".into(), partition: 0, isr, leader_epoch, partition_epoch }
     }
 
     /// Applies `cmd`, expecting `want`; a refused command must leave the state as it was.
@@ -216,26 +291,59 @@ mod tests {
     #[test]
     fn set_leader_needs_a_higher_epoch_and_an_isr_member() {
         let mut s = with_topic();
-        check(&mut s, set_leader(2, 1), Ok(()));
-        check(&mut s, set_leader(3, 1), Err(Rejection::StaleLeaderEpoch { current: 1, proposed: 1 }));
-        check(&mut s, set_leader(3, 0), Err(Rejection::StaleLeaderEpoch { current: 1, proposed: 0 }));
-        check(&mut s, set_isr(vec![2], 1), Ok(()));
-        check(&mut s, set_leader(3, 2), Err(Rejection::NotInIsr(3)));
-        let unknown = ClusterCommand::SetLeader { topic: "t".into(), partition: 5, leader: 2, leader_epoch: 9 };
+        check(&mut s, set_leader(2, 1, vec![2, 3, 1]), Ok(()));
+        check(&mut s, set_leader(3, 1, vec![3]), Err(Rejection::StaleLeaderEpoch { current: 1, proposed: 1 }));
+        check(&mut s, set_leader(3, 0, vec![3]), Err(Rejection::StaleLeaderEpoch { current: 1, proposed: 0 }));
+        check(&mut s, set_isr(vec![2], 1, 1), Ok(()));
+        check(&mut s, set_leader(3, 2, vec![3]), Err(Rejection::NotInIsr(3)));
+        let unknown =
+            ClusterCommand::SetLeader { topic: "t".into(), partition: 5, leader: 2, leader_epoch: 9, isr: vec![2] };
         check(&mut s, unknown, Err(Rejection::UnknownPartition { topic: "t".into(), partition: 5 }));
         let p = &s.topics["t"].partitions[0];
-        assert_eq!((p.leader, p.leader_epoch), (2, 1));
+        assert_eq!((p.leader, p.leader_epoch, p.partition_epoch), (2, 1, 2));
+        check(&mut s, set_isr(vec![2, 3], 1, 2), Ok(()));
+        // The election drops the dead leader 2 from the ISR; it cannot add anyone.
+        check(&mut s, set_leader(3, 2, vec![3]), Ok(()));
+        check(
+            &mut s,
+            set_leader(3, 3, vec![3, 1]),
+            Err(Rejection::InvalidIsr("an election cannot add to the ISR".into())),
+        );
     }
 
     #[test]
     fn set_isr_is_fenced_by_leader_epoch_and_validated() {
         let mut s = with_topic();
-        check(&mut s, set_isr(vec![1, 2], 3), Err(Rejection::LeaderEpochMismatch { current: 0, expected: 3 }));
-        check(&mut s, set_isr(vec![2, 3], 0), Err(Rejection::InvalidIsr("does not hold the leader".into())));
-        check(&mut s, set_isr(vec![1, 4], 0), Err(Rejection::InvalidIsr("not a subset of the replicas".into())));
-        check(&mut s, set_isr(vec![], 0), Err(Rejection::InvalidIsr("empty".into())));
-        check(&mut s, set_isr(vec![1, 1], 0), Err(Rejection::InvalidIsr("duplicate broker".into())));
-        check(&mut s, set_isr(vec![1, 3], 0), Ok(()));
+        check(&mut s, set_isr(vec![1, 2], 3, 0), Err(Rejection::LeaderEpochMismatch { current: 0, expected: 3 }));
+        check(&mut s, set_isr(vec![2, 3], 0, 0), Err(Rejection::InvalidIsr("does not hold the leader".into())));
+        check(&mut s, set_isr(vec![1, 4], 0, 0), Err(Rejection::InvalidIsr("not a subset of the replicas".into())));
+        check(&mut s, set_isr(vec![], 0, 0), Err(Rejection::InvalidIsr("empty".into())));
+        check(&mut s, set_isr(vec![1, 1], 0, 0), Err(Rejection::InvalidIsr("duplicate broker".into())));
+        check(&mut s, set_isr(vec![1, 3], 0, 0), Ok(()));
         assert_eq!(s.topics["t"].partitions[0].isr, vec![1, 3]);
+        // Computed from the ISR before that change: refused.
+        check(&mut s, set_isr(vec![1], 0, 0), Err(Rejection::PartitionEpochMismatch { current: 1, expected: 0 }));
+    }
+
+    #[test]
+    fn producer_id_blocks_and_partitions_and_configs() {
+        let mut s = with_topic();
+        let reserve = |start, count| ClusterCommand::ReserveProducerIds { start, count };
+        check(&mut s, reserve(FIRST_PRODUCER_ID, 1000), Ok(()));
+        check(
+            &mut s,
+            reserve(FIRST_PRODUCER_ID, 1000),
+            Err(Rejection::ProducerIdsTaken { expected: 2000, proposed: 1000 }),
+        );
+        check(&mut s, reserve(2000, 0), Err(Rejection::InvalidProducerIdBlock(0)));
+        let add = ClusterCommand::AddPartitions { name: "t".into(), assignment: vec![vec![3, 1]] };
+        check(&mut s, add, Ok(()));
+        assert_eq!(s.topics["t"].partitions[2].replicas, vec![3, 1]);
+        let configs: BTreeMap<String, String> = [("min.insync.replicas".to_string(), "2".to_string())].into();
+        check(&mut s, ClusterCommand::SetTopicConfigs { name: "t".into(), configs: configs.clone() }, Ok(()));
+        assert_eq!(s.topics["t"].configs, configs);
+        check(&mut s, ClusterCommand::InitCluster { cluster_id: "a".into() }, Ok(()));
+        check(&mut s, ClusterCommand::InitCluster { cluster_id: "b".into() }, Ok(()));
+        assert_eq!(s.cluster_id, "a");
     }
 }

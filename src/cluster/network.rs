@@ -32,7 +32,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::types::{NodeId, TypeConfig};
+use super::types::{ClusterCommand, CommandResult, NodeId, TypeConfig};
+
+/// When each peer last answered one of this node's AppendEntries (heartbeats included): the
+/// controller's view of which brokers are alive.
+pub type PeerAcks = Arc<std::sync::Mutex<std::collections::BTreeMap<NodeId, std::time::Instant>>>;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"SLRF");
 const HEADER_BYTES: usize = 16;
@@ -50,7 +54,13 @@ enum RpcKind {
     AppendEntries = 1,
     Vote = 2,
     InstallSnapshot = 3,
+    /// A write forwarded by a non-leader: a `ClusterCommand`, answered with [`ForwardedAnswer`].
+    ClientWrite = 4,
 }
+
+/// The leader's answer to a forwarded write: `(log index, result)`, or why it was not taken (the
+/// sender retries: e.g. the node is no longer the leader).
+pub type ForwardedAnswer = Result<(u64, CommandResult), String>;
 
 impl RpcKind {
     fn from_u8(v: u8) -> Option<Self> {
@@ -58,6 +68,7 @@ impl RpcKind {
             1 => Some(Self::AppendEntries),
             2 => Some(Self::Vote),
             3 => Some(Self::InstallSnapshot),
+            4 => Some(Self::ClientWrite),
             _ => None,
         }
     }
@@ -155,6 +166,14 @@ async fn serve_connection(mut stream: TcpStream, raft: &Raft<TypeConfig>) -> Res
             RpcKind::InstallSnapshot => {
                 encode_frame(kind, &raft.install_snapshot(bincode::deserialize(&payload)?).await)?
             }
+            RpcKind::ClientWrite => {
+                let cmd: ClusterCommand = bincode::deserialize(&payload)?;
+                let answer: ForwardedAnswer = match raft.client_write(cmd).await {
+                    Ok(resp) => Ok((resp.log_id.index, resp.data)),
+                    Err(e) => Err(e.to_string()),
+                };
+                encode_frame(kind, &answer)?
+            }
         };
         stream.write_all(&answer).await?;
     }
@@ -162,14 +181,28 @@ async fn serve_connection(mut stream: TcpStream, raft: &Raft<TypeConfig>) -> Res
 }
 
 /// Makes [`PeerClient`]s for openraft.
-pub struct PeerClients;
+pub struct PeerClients {
+    pub acks: PeerAcks,
+}
 
 impl RaftNetworkFactory<TypeConfig> for PeerClients {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        PeerClient { target, addr: node.addr.clone(), conn: None }
+        PeerClient { target, addr: node.addr.clone(), conn: None, acks: self.acks.clone() }
     }
+}
+
+/// Sends `cmd` to the Raft leader at `addr` on a connection of its own (forwarded writes are rare:
+/// metadata changes proposed by brokers that do not lead the Raft group).
+pub async fn forward_write(addr: &str, cmd: &ClusterCommand, ttl: Duration) -> Result<ForwardedAnswer, RpcWireError> {
+    let mut client = PeerClient {
+        target: 0,
+        addr: addr.to_owned(),
+        conn: None,
+        acks: Arc::new(std::sync::Mutex::new(Default::default())),
+    };
+    client.exchange(RpcKind::ClientWrite, cmd, ttl).await
 }
 
 /// The RPC client of one peer.
@@ -177,6 +210,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     conn: Option<TcpStream>,
+    acks: PeerAcks,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
@@ -244,7 +278,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        self.call(RpcKind::AppendEntries, &rpc, &option).await
+        let r = self.call(RpcKind::AppendEntries, &rpc, &option).await;
+        if r.is_ok() {
+            let mut acks = self.acks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            acks.insert(self.target, std::time::Instant::now());
+        }
+        r
     }
 
     async fn install_snapshot(

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use super::disk::DiskError;
 use super::log_store::LogStore;
 use super::metadata::ClusterState;
-use super::network::{self, PeerClients};
+use super::network::{self, PeerAcks, PeerClients};
 use super::state_machine::StateMachineStore;
 use super::types::{ClusterCommand, CommandResult, NodeId, TypeConfig};
 
@@ -103,6 +103,7 @@ type MetricsCondition = Box<dyn Fn(&Metrics) -> bool + Send + Sync>;
 enum Request {
     Initialize { members: BTreeMap<NodeId, BasicNode>, reply: Responder<()> },
     Write { cmd: ClusterCommand, reply: Responder<WriteOutcome> },
+    Propose { cmd: ClusterCommand, timeout: Duration, reply: Responder<WriteOutcome> },
     Wait { until: MetricsCondition, what: String, timeout: Duration, reply: Responder<Metrics> },
     TriggerSnapshot { reply: Responder<()> },
 }
@@ -112,7 +113,7 @@ impl Request {
         // The caller may have dropped its receiver; nobody is left to tell.
         match self {
             Request::Initialize { reply, .. } | Request::TriggerSnapshot { reply } => drop(reply.send(Err(e))),
-            Request::Write { reply, .. } => drop(reply.send(Err(e))),
+            Request::Write { reply, .. } | Request::Propose { reply, .. } => drop(reply.send(Err(e))),
             Request::Wait { reply, .. } => drop(reply.send(Err(e))),
         }
     }
@@ -127,6 +128,7 @@ pub struct ControlPlane {
     max_pending_requests: usize,
     metrics: watch::Receiver<Metrics>,
     state_machine: StateMachineStore,
+    peer_acks: PeerAcks,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -154,6 +156,8 @@ impl ControlPlane {
         let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
         let node_id = config.node_id;
         let sm = state_machine.clone();
+        let peer_acks: PeerAcks = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let network = PeerClients { acks: peer_acks.clone() };
         let thread = std::thread::Builder::new()
             .name(format!("raft-{node_id}"))
             .spawn(move || {
@@ -172,7 +176,7 @@ impl ControlPlane {
                             return;
                         }
                     };
-                    let raft = match Raft::new(node_id, Arc::new(raft_config), PeerClients, log_store, sm).await {
+                    let raft = match Raft::new(node_id, Arc::new(raft_config), network, log_store, sm).await {
                         Ok(r) => r,
                         Err(e) => {
                             let _ = started_tx.send(Err(ControlPlaneError::Start(format!("raft: {e}"))));
@@ -199,6 +203,7 @@ impl ControlPlane {
             max_pending_requests: config.max_pending_requests,
             metrics,
             state_machine,
+            peer_acks,
             thread: Some(thread),
         })
     }
@@ -220,6 +225,34 @@ impl ControlPlane {
     /// Proposes `cmd`; answers once it is committed and applied on this (leader) node.
     pub fn write(&self, cmd: ClusterCommand) -> Reply<WriteOutcome> {
         self.submit(|reply| Request::Write { cmd, reply })
+    }
+
+    /// Proposes `cmd` from any node: applied here when this node leads, otherwise forwarded to the
+    /// leader (retried while there is none or it changes) until `timeout`. Answers once committed
+    /// and applied on the leader; this node's state may lag (see [`ControlPlane::wait_applied`]).
+    pub fn propose(&self, cmd: ClusterCommand, timeout: Duration) -> Reply<WriteOutcome> {
+        self.submit(|reply| Request::Propose { cmd, timeout, reply })
+    }
+
+    /// Answers once this node has applied the log up to `index`.
+    pub fn wait_applied(&self, index: u64, timeout: Duration) -> Reply<Metrics> {
+        self.wait_for("applied index", timeout, move |m| m.last_applied.is_some_and(|l| l.index >= index))
+    }
+
+    /// A receiver of every change of this node's Raft metrics (leader, applied index, ...); usable
+    /// from any executor.
+    pub fn subscribe(&self) -> watch::Receiver<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Whether this node leads the Raft group (and so is the controller).
+    pub fn is_leader(&self) -> bool {
+        self.metrics.borrow().current_leader == Some(self.node_id)
+    }
+
+    /// When each peer last acknowledged this node's AppendEntries (meaningful while it leads).
+    pub fn peer_acks(&self) -> BTreeMap<NodeId, std::time::Instant> {
+        self.peer_acks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Answers with the metrics once `until` holds for them, or `Timeout` after `timeout`.
@@ -323,6 +356,9 @@ async fn handle(raft: Raft<TypeConfig>, request: Request) {
             };
             let _ = reply.send(r);
         }
+        Request::Propose { cmd, timeout, reply } => {
+            let _ = reply.send(propose(&raft, cmd, timeout).await);
+        }
         Request::Wait { until, what, timeout, reply } => {
             let r = raft.wait(Some(timeout)).metrics(|m| until(m), &what).await;
             let _ = reply.send(r.map_err(|e| ControlPlaneError::Timeout(format!("{what}: {e}"))));
@@ -332,4 +368,33 @@ async fn handle(raft: Raft<TypeConfig>, request: Request) {
             let _ = reply.send(r);
         }
     }
+}
+
+/// Writes `cmd` through whichever node leads, retrying while leadership moves, until `timeout`.
+async fn propose(
+    raft: &Raft<TypeConfig>,
+    cmd: ClusterCommand,
+    timeout: Duration,
+) -> Result<WriteOutcome, ControlPlaneError> {
+    const RETRY: Duration = Duration::from_millis(50);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::from("no leader");
+    while tokio::time::Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, raft.client_write(cmd.clone())).await {
+            Err(_) => break,
+            Ok(Ok(resp)) => return Ok(WriteOutcome { log_index: resp.log_id.index, result: resp.data }),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => match f.leader_node {
+                Some(node) => match network::forward_write(&node.addr, &cmd, left).await {
+                    Ok(Ok((log_index, result))) => return Ok(WriteOutcome { log_index, result }),
+                    Ok(Err(e)) => last = format!("leader {:?}: {e}", f.leader_id),
+                    Err(e) => last = format!("leader {:?}: {e}", f.leader_id),
+                },
+                None => last = "no leader".into(),
+            },
+            Ok(Err(e)) => last = e.to_string(),
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+    Err(ControlPlaneError::Timeout(format!("proposal ({last})")))
 }

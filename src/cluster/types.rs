@@ -36,16 +36,28 @@ pub struct BrokerEndpoints {
 /// A change to the cluster metadata, replicated through Raft.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClusterCommand {
+    /// Names the cluster (Kafka's cluster id); applied only while it has no id.
+    InitCluster { cluster_id: String },
     /// Adds a broker or updates its endpoints.
     RegisterBroker { broker_id: BrokerId, endpoints: BrokerEndpoints },
     /// Creates a topic; `assignment[p]` is partition p's replica list, preferred leader first.
     CreateTopic { name: String, topic_id: [u8; 16], configs: BTreeMap<String, String>, assignment: Vec<Vec<BrokerId>> },
     /// Removes a topic.
     DeleteTopic { name: String },
-    /// Makes `leader` the partition's leader at `leader_epoch`, which must exceed the current one.
-    SetLeader { topic: String, partition: i32, leader: BrokerId, leader_epoch: i32 },
-    /// Replaces the partition's ISR; refused unless the partition is still at `leader_epoch`.
-    SetIsr { topic: String, partition: i32, isr: Vec<BrokerId>, leader_epoch: i32 },
+    /// Adds partitions to a topic; `assignment` lists the new ones' replicas, in partition order.
+    AddPartitions { name: String, assignment: Vec<Vec<BrokerId>> },
+    /// Replaces a topic's config overrides.
+    SetTopicConfigs { name: String, configs: BTreeMap<String, String> },
+    /// Makes `leader` the partition's leader at `leader_epoch`, which must exceed the current one,
+    /// with ISR `isr` (an election drops the brokers it found dead). `leader` must be in the
+    /// current ISR: no unclean election.
+    SetLeader { topic: String, partition: i32, leader: BrokerId, leader_epoch: i32, isr: Vec<BrokerId> },
+    /// Replaces the partition's ISR; refused unless the partition is still at `leader_epoch` and
+    /// `partition_epoch` (every ISR or leader change bumps it, so a change computed from a stale
+    /// ISR is refused — Kafka's AlterPartition rule).
+    SetIsr { topic: String, partition: i32, isr: Vec<BrokerId>, leader_epoch: i32, partition_epoch: i32 },
+    /// Reserves producer ids `[start, start + count)`; refused unless `start` is the next free id.
+    ReserveProducerIds { start: i64, count: i64 },
 }
 
 /// Why the state machine refused a command. A refusal is a committed, deterministic outcome (every
@@ -70,6 +82,12 @@ pub enum Rejection {
     NotInIsr(BrokerId),
     #[error("invalid ISR: {0}")]
     InvalidIsr(String),
+    #[error("the partition is at partition epoch {current}, the request expected {expected}")]
+    PartitionEpochMismatch { current: i32, expected: i32 },
+    #[error("producer ids from {expected} are next, not {proposed}")]
+    ProducerIdsTaken { expected: i64, proposed: i64 },
+    #[error("invalid producer id block of {0}")]
+    InvalidProducerIdBlock(i64),
 }
 
 /// What applying one log entry answers to the `client_write` caller.

@@ -13,6 +13,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+/// How long an offset commit waits for the in-sync replicas of its `__consumer_offsets` partition.
+const COMMIT_REPLICATION_TIMEOUT: Duration = Duration::from_secs(5);
+
 use bytes::Bytes;
 use futures_channel::oneshot;
 use kafka_protocol::error::ResponseError;
@@ -651,7 +654,7 @@ impl GroupCoordinator {
         let p = offsets_log::partition_for(group_id, partitions);
         let part = shard.local(OFFSETS_TOPIC, p).map_err(|_| ResponseError::NotCoordinator)?;
         let batch = offsets_log::encode_batch(&records, now_ms()).map_err(|_| ResponseError::UnknownServerError)?;
-        part.produce(&batch).await.map_err(|e| {
+        part.produce(&batch, -1, COMMIT_REPLICATION_TIMEOUT).await.map_err(|e| {
             warn!(group = group_id, error = %e.message, "writing offsets failed");
             ResponseError::KafkaStorageError
         })?;

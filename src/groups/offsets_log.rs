@@ -150,6 +150,15 @@ pub fn java_hash(s: &str) -> i32 {
     s.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
 }
 
+/// Configs of `__consumer_offsets`: fsync'ed per batch, compacted (the latest commit per group and
+/// partition stays; tombstones from expiry and deletes go after a day).
+pub fn topic_configs() -> Vec<(String, String)> {
+    [("cleanup.policy", "compact"), ("flush.messages", "1"), ("retention.ms", "-1"), ("segment.bytes", "104857600")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// The `__consumer_offsets` partition of a group (Kafka: abs(hashCode) % partitions).
 pub fn partition_for(group: &str, partitions: usize) -> i32 {
     let h = java_hash(group);

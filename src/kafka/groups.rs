@@ -34,20 +34,47 @@ fn s(v: &str) -> StrBytes {
 
 async fn call(shard: &Rc<Shard>, group: &str, c: GroupCall) -> Result<GroupReply, ResponseError> {
     let core = shard.coordinator_core(group).map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+    // In a cluster, the leader of the group's `__consumer_offsets` partition coordinates it.
+    let (leader, _, _) = coordinator_of(shard, group)?;
+    if leader.0 != shard.config.node_id {
+        return Err(ResponseError::NotCoordinator);
+    }
     shard.group_call(core, c).await.ok_or(ResponseError::CoordinatorNotAvailable)
 }
 
+/// The broker coordinating `group`: this one on a single node; in a cluster the leader of the
+/// group's `__consumer_offsets` partition.
+fn coordinator_of(shard: &Rc<Shard>, group: &str) -> Result<(BrokerId, String, i32), ResponseError> {
+    let cat = shard.catalog();
+    let Some(view) = &cat.cluster else {
+        let (host, port) = shard.config.advertised();
+        return Ok((BrokerId(shard.config.node_id), host, port));
+    };
+    let n = shard.offsets_partitions();
+    if n == 0 {
+        return Err(ResponseError::CoordinatorNotAvailable);
+    }
+    let partition = crate::groups::offsets_log::partition_for(group, n);
+    let leader = view
+        .partition(crate::groups::offsets_log::OFFSETS_TOPIC, partition)
+        .map(|p| p.leader)
+        .ok_or(ResponseError::CoordinatorNotAvailable)?;
+    let addr = view.state.brokers.get(&leader).ok_or(ResponseError::CoordinatorNotAvailable)?;
+    let (host, port) = addr.kafka_addr.rsplit_once(':').ok_or(ResponseError::CoordinatorNotAvailable)?;
+    let port = port.parse().map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+    Ok((BrokerId(leader), host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+}
+
 pub fn find_coordinator(shard: &Rc<Shard>, req: FindCoordinatorRequest, version: i16) -> FindCoordinatorResponse {
-    let (host, port) = shard.config.advertised();
-    let node = BrokerId(shard.config.node_id);
-    let answer = |key: &str| -> Result<(), ResponseError> {
+    let answer = |key: &str| -> Result<(BrokerId, String, i32), ResponseError> {
         if req.key_type != 0 {
             return Err(ResponseError::CoordinatorNotAvailable); // no transaction coordinator yet
         }
         if key.is_empty() {
             return Err(ResponseError::InvalidGroupId);
         }
-        shard.coordinator_core(key).map(drop).map_err(|_| ResponseError::CoordinatorNotAvailable)
+        shard.coordinator_core(key).map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+        coordinator_of(shard, key)
     };
     if version >= 4 {
         let coordinators = req
@@ -56,7 +83,7 @@ pub fn find_coordinator(shard: &Rc<Shard>, req: FindCoordinatorRequest, version:
             .map(|k| {
                 let c = Coordinator::default().with_key(k.clone());
                 match answer(k) {
-                    Ok(()) => c.with_node_id(node).with_host(s(&host)).with_port(port),
+                    Ok((node, host, port)) => c.with_node_id(node).with_host(s(&host)).with_port(port),
                     Err(e) => c.with_node_id(BrokerId(-1)).with_port(-1).with_error_code(e.code()),
                 }
             })
@@ -64,7 +91,9 @@ pub fn find_coordinator(shard: &Rc<Shard>, req: FindCoordinatorRequest, version:
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
     match answer(&req.key) {
-        Ok(()) => FindCoordinatorResponse::default().with_node_id(node).with_host(s(&host)).with_port(port),
+        Ok((node, host, port)) => {
+            FindCoordinatorResponse::default().with_node_id(node).with_host(s(&host)).with_port(port)
+        }
         Err(e) => FindCoordinatorResponse::default().with_error_code(e.code()).with_node_id(BrokerId(-1)).with_port(-1),
     }
 }

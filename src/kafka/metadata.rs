@@ -1,6 +1,7 @@
-//! Metadata: the brokers (this one alone, or every `cluster.peers` entry), and each requested (or
-//! every) topic with its partitions, all led by this broker. Unknown topics are auto-created when
-//! the request and the config allow it.
+//! Metadata: the brokers (this one alone, or every broker registered in the cluster metadata), and
+//! each requested (or every) topic with its partitions: leader, leader epoch, replicas and ISR (a
+//! single node leads everything). The controller is the Raft leader. Unknown topics are
+//! auto-created when the request and the config allow it.
 
 use std::rc::Rc;
 
@@ -13,7 +14,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::config::ClusterConfig;
 use crate::shard::{CoreReply, CoreRequest, NewTopic, Shard, CATALOG_CORE};
-use crate::topics::TopicMeta;
+use crate::topics::{ClusterView, TopicMeta};
 
 pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> MetadataResponse {
     let node = BrokerId(shard.config.node_id);
@@ -51,12 +52,12 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
     let mut topics = Vec::new();
     match &names {
         None if by_id.is_empty() => {
-            topics.extend(cat.topics.values().map(|t| topic_entry(t, node)));
+            topics.extend(cat.topics.values().map(|t| topic_entry(t, node, cat.cluster.as_deref())));
         }
         _ => {
             for n in names.iter().flatten() {
                 match cat.topics.get(n) {
-                    Some(t) => topics.push(topic_entry(t, node)),
+                    Some(t) => topics.push(topic_entry(t, node, cat.cluster.as_deref())),
                     None => {
                         let code = if crate::topics::validate_topic_name(n).is_err() {
                             ResponseError::InvalidTopicException
@@ -73,7 +74,7 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
             }
             for id in &by_id {
                 match cat.by_id(id) {
-                    Some(t) => topics.push(topic_entry(t, node)),
+                    Some(t) => topics.push(topic_entry(t, node, cat.cluster.as_deref())),
                     None => topics.push(
                         MetadataResponseTopic::default()
                             .with_error_code(ResponseError::UnknownTopicId.code())
@@ -83,7 +84,9 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
             }
         }
     }
-    let (brokers, controller) = if shard.config.cluster.is_cluster() {
+    let (brokers, controller) = if let Some(view) = &cat.cluster {
+        registered_brokers(view)
+    } else if shard.config.cluster.is_cluster() {
         cluster_brokers(&shard.config.cluster)
     } else {
         let single =
@@ -121,15 +124,44 @@ fn cluster_brokers(cluster: &ClusterConfig) -> (Vec<MetadataResponseBroker>, Bro
     (brokers, controller)
 }
 
-fn topic_entry(t: &TopicMeta, node: BrokerId) -> MetadataResponseTopic {
+/// The brokers registered in the cluster metadata, and the controller (the Raft leader).
+fn registered_brokers(view: &ClusterView) -> (Vec<MetadataResponseBroker>, BrokerId) {
+    let brokers = view
+        .state
+        .brokers
+        .iter()
+        .filter_map(|(id, b)| {
+            let (host, port) = b.kafka_addr.rsplit_once(':')?;
+            let port: i32 = port.parse().ok()?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            Some(
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(*id))
+                    .with_host(StrBytes::from_string(host.to_string()))
+                    .with_port(port),
+            )
+        })
+        .collect();
+    (brokers, BrokerId(view.controller.unwrap_or(-1)))
+}
+
+fn topic_entry(t: &TopicMeta, node: BrokerId, view: Option<&ClusterView>) -> MetadataResponseTopic {
+    let ids = |v: &[i32]| v.iter().map(|b| BrokerId(*b)).collect::<Vec<_>>();
     let partitions = (0..t.shards.len() as i32)
         .map(|p| {
-            MetadataResponsePartition::default()
-                .with_partition_index(p)
-                .with_leader_id(node)
-                .with_leader_epoch(crate::partition::LEADER_EPOCH)
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+            let entry = MetadataResponsePartition::default().with_partition_index(p);
+            match view.and_then(|v| v.partition(&t.name, p)) {
+                Some(ps) => entry
+                    .with_leader_id(BrokerId(ps.leader))
+                    .with_leader_epoch(ps.leader_epoch)
+                    .with_replica_nodes(ids(&ps.replicas))
+                    .with_isr_nodes(ids(&ps.isr)),
+                None => entry
+                    .with_leader_id(node)
+                    .with_leader_epoch(crate::partition::LEADER_EPOCH)
+                    .with_replica_nodes(vec![node])
+                    .with_isr_nodes(vec![node]),
+            }
         })
         .collect();
     MetadataResponseTopic::default()

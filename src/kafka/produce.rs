@@ -3,6 +3,7 @@
 //! order with per-partition error codes. acks=0 gets no response at all (the connection skips it).
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
@@ -14,6 +15,7 @@ use crate::shard::{CoreReply, CoreRequest, Shard};
 
 pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest) -> ProduceResponse {
     let valid_acks = matches!(req.acks, -1..=1);
+    let (acks, timeout) = (req.acks, Duration::from_millis(req.timeout_ms.max(0) as u64));
     let mut topics = Vec::with_capacity(req.topic_data.len());
     for t in req.topic_data {
         let topic = t.name.0.to_string();
@@ -28,7 +30,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest) -> ProduceResponse {
                 } else {
                     match p.records {
                         None => Err(PartitionError::new(ResponseError::CorruptMessage, "null records")),
-                        Some(records) => produce_one(&shard, &topic, index, records).await,
+                        Some(records) => produce_one(&shard, &topic, index, records, acks, timeout).await,
                     }
                 };
                 (index, result)
@@ -54,12 +56,15 @@ async fn produce_one(
     topic: &str,
     partition: i32,
     records: bytes::Bytes,
+    acks: i16,
+    timeout: Duration,
 ) -> Result<Produced, PartitionError> {
     let owner = shard.owner(topic, partition)?;
     if owner == shard.id {
-        return shard.local(topic, partition)?.produce(&records).await;
+        return shard.local(topic, partition)?.produce(&records, acks, timeout).await;
     }
-    match shard.call(owner, CoreRequest::Produce { topic: topic.to_string(), partition, records }).await {
+    let req = CoreRequest::Produce { topic: topic.to_string(), partition, records, acks, timeout };
+    match shard.call(owner, req).await {
         CoreReply::Produce(r) => r,
         _ => Err(PartitionError::new(ResponseError::UnknownServerError, "owner core did not answer")),
     }

@@ -133,6 +133,39 @@ pub fn split_and_validate(records: &Bytes, max_batch_bytes: usize) -> Result<Vec
     Ok(out)
 }
 
+/// The partition leader epoch written in a stored batch's header (bytes 12..16).
+pub fn partition_leader_epoch(b: &[u8]) -> Option<i32> {
+    (b.len() >= HEADER_LEN).then(|| be_i32(b, 12))
+}
+
+/// Splits batches copied from a leader: each header sane and its CRC32C right. Unlike produce, the
+/// record count may be below the offsets a batch spans (compaction removed records from it).
+pub fn split_replicated(records: &Bytes) -> Result<Vec<(BatchInfo, Bytes)>, BatchError> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < records.len() {
+        let info = parse_header(&records[at..])?;
+        if info.size > records.len() - at {
+            return Err(BatchError::Corrupt(format!(
+                "batch claims {} bytes but only {} remain",
+                info.size,
+                records.len() - at
+            )));
+        }
+        let bytes = records.slice(at..at + info.size);
+        let crc = crc32c::crc32c(&bytes[CRC_START..]);
+        if crc != info.crc || info.last_offset_delta < 0 || info.base_offset < 0 {
+            return Err(BatchError::Corrupt(format!(
+                "batch at {}: CRC32C {crc:#010x} vs {:#010x}, last offset delta {}",
+                info.base_offset, info.crc, info.last_offset_delta
+            )));
+        }
+        out.push((info, bytes));
+        at += info.size;
+    }
+    Ok(out)
+}
+
 /// Copies the batch with the broker's base offset and leader epoch written in (outside the CRC),
 /// and returns it with the CRC32C of the whole batch, derived from the batch's own verified CRC
 /// (so the storage engine does not checksum the payload again).

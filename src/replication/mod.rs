@@ -7,6 +7,7 @@
 //! partition state: callers own the connection and decide what each message does.
 
 pub mod messages;
+pub mod progress;
 pub mod wire;
 
 pub use messages::*;
