@@ -90,7 +90,7 @@ impl Default for ReplicationConfig {
             default_replication_factor: 1,
             min_insync_replicas: 1,
             replica_lag_time_max_ms: 30_000,
-            broker_session_timeout_ms: 2_000,
+            broker_session_timeout_ms: 1_500,
             replica_fetch_wait_max_ms: 500,
             replica_fetch_max_bytes: 1 << 20,
             replica_fetch_backoff_ms: 100,

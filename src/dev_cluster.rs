@@ -8,6 +8,7 @@
 //! broker restarted by hand from its `cmdline` file is the restarter's to stop. It touches nothing
 //! outside `DIR` and never talks to a broker beyond the readiness probe.
 
+use bytes::Buf;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -255,12 +256,14 @@ fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
-/// Waits until every broker answers ApiVersions: true when they do, false on a signal; an error if
-/// one exits or `READY_TIMEOUT` passes.
+/// Waits until every broker answers ApiVersions and its Metadata lists every broker of the cluster
+/// and a controller (each registered through the Raft metadata): true when they do, false on a
+/// signal; an error if one exits or `READY_TIMEOUT` passes.
 fn wait_ready(nodes: &mut [Node], stop: &AtomicBool) -> anyhow::Result<bool> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut ready = vec![false; nodes.len()];
     let mut last_error = vec![String::from("no attempt yet"); nodes.len()];
+    let nodes_len = nodes.len();
     loop {
         for (i, node) in nodes.iter_mut().enumerate() {
             if ready[i] {
@@ -270,8 +273,12 @@ fn wait_ready(nodes: &mut [Node], stop: &AtomicBool) -> anyhow::Result<bool> {
             if node.child.is_none() {
                 bail!("node {} exited before it was ready (see {})", node.id, node.dir.join("broker.log").display());
             }
-            match api_versions_round_trip(node.kafka) {
-                Ok(()) => ready[i] = true,
+            let expected = nodes_len;
+            match api_versions_round_trip(node.kafka).and_then(|()| metadata_round_trip(node.kafka)) {
+                Ok((brokers, controller)) if brokers == expected && controller >= 0 => ready[i] = true,
+                Ok((brokers, controller)) => {
+                    last_error[i] = format!("Metadata lists {brokers} of {expected} brokers, controller {controller}")
+                }
                 Err(e) => last_error[i] = e,
             }
         }
@@ -386,6 +393,43 @@ fn api_versions_round_trip(addr: SocketAddr) -> Result<(), String> {
         (CORRELATION_ID, code) => Err(format!("ApiVersions error code {code}")),
         (other, _) => Err(format!("correlation id {other}, expected {CORRELATION_ID}")),
     }
+}
+
+/// One Metadata v1 request (no topics): the number of brokers listed and the controller id.
+fn metadata_round_trip(addr: SocketAddr) -> Result<(usize, i32), String> {
+    use kafka_protocol::messages::{MetadataRequest, MetadataResponse, RequestHeader};
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    const API_KEY_METADATA: i16 = 3;
+    const CORRELATION_ID: i32 = 0x5_1cf;
+    let mut stream = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(PROBE_TIMEOUT)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(PROBE_TIMEOUT)).map_err(|e| e.to_string())?;
+    let header = RequestHeader::default()
+        .with_request_api_key(API_KEY_METADATA)
+        .with_request_api_version(1)
+        .with_correlation_id(CORRELATION_ID)
+        .with_client_id(Some(StrBytes::from_static_str("sluice-dev-cluster")));
+    let mut body = bytes::BytesMut::new();
+    header.encode(&mut body, 1).map_err(|e| e.to_string())?;
+    MetadataRequest::default().with_topics(Some(Vec::new())).encode(&mut body, 1).map_err(|e| e.to_string())?;
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame).map_err(|e| format!("send: {e}"))?;
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).map_err(|e| format!("read: {e}"))?;
+    let size = u32::from_be_bytes(size) as usize;
+    if !(4..=MAX_PROBE_RESPONSE_BYTES).contains(&size) {
+        return Err(format!("response frame of {size} bytes"));
+    }
+    let mut response = vec![0u8; size];
+    stream.read_exact(&mut response).map_err(|e| format!("read: {e}"))?;
+    let mut buf = bytes::Bytes::from(response);
+    let correlation = buf.get_i32();
+    if correlation != CORRELATION_ID {
+        return Err(format!("correlation id {correlation}, expected {CORRELATION_ID}"));
+    }
+    let m = MetadataResponse::decode(&mut buf, 1).map_err(|e| format!("Metadata response: {e}"))?;
+    Ok((m.brokers.len(), m.controller_id.0))
 }
 
 /// The started brokers; stopped on `stop` or, on an error path, when dropped.

@@ -653,6 +653,10 @@ impl Shard {
             let dir = topics::partition_dir(&data_dir, &t.name, p);
             match Partition::open(&dir, &t.name, p, settings).await {
                 Ok(part) => {
+                    if table.cluster.is_some() {
+                        // No role until the metadata gives one (below): clients are refused meanwhile.
+                        part.become_follower(-1, -1);
+                    }
                     debug!(topic = %t.name, partition = p, core = self.id, "partition open");
                     self.partitions.borrow_mut().insert(key, part);
                 }

@@ -170,6 +170,7 @@ mod tests {
         // Fetch at the offset the leader had at 3's previous fetch: caught up as of then.
         l.on_fetch(3, 150, 200, 1_900);
         assert_eq!(l.followers[&3].last_caught_up_ms, 1_100);
+        l.on_fetch(2, 200, 200, 1_950);
         assert_eq!(l.shrunk_isr(2_050, 1_000), None);
         assert_eq!(l.shrunk_isr(2_200, 1_000), Some(vec![1, 2]));
         l.update_isr(8, vec![1, 2]);
