@@ -357,6 +357,8 @@ impl Partition {
     /// the producer state from what stays.
     pub async fn truncate_to(&self, offset: u64) -> Result<(), PartitionError> {
         if offset >= self.log.next_offset() && offset >= self.log.log_start_offset() {
+            // Only an epoch this broker started as leader at its log end, if any, goes.
+            self.log.truncate_to(offset).await?;
             return Ok(());
         }
         warn!(topic = %self.topic, partition = self.index, from = self.log.next_offset(), to = offset, "truncating");

@@ -526,7 +526,8 @@ impl Log {
 
     /// Removes every batch holding an offset >= `offset` (replication divergence). A batch that
     /// straddles `offset` is removed whole. Below the log start, the log is emptied and restarts at
-    /// `offset`. Durable when it returns.
+    /// `offset`. At or past the log end only leader epochs starting at the log end are removed.
+    /// Durable when it returns.
     pub async fn truncate_to(&self, offset: u64) -> Result<()> {
         self.control(Control::Truncate(offset)).await.map(drop)
     }
@@ -1247,7 +1248,9 @@ async fn truncate(sh: &Rc<Shared>, offset: u64) -> Result<()> {
         (st.next_offset, st.log_start_offset)
     };
     if offset >= next {
-        return Ok(());
+        // Nothing to cut, but an epoch starting at the log end goes (Kafka's `truncateTo`: a
+        // leader that recorded its epoch and appended nothing in it must not keep claiming it).
+        return update_epochs(sh, |e| e.truncate_from_end(next)).await;
     }
     if offset <= start {
         return truncate_fully(sh, offset).await;

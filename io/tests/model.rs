@@ -120,6 +120,10 @@ impl Model {
     /// log start the log empties and restarts at `target`.
     fn truncate_to(&mut self, target: u64) {
         if target >= self.next_offset {
+            // Kafka: the log stays, but an epoch starting at its end (a leader that appended
+            // nothing in it) goes.
+            let end = self.next_offset;
+            self.epochs.truncate_from_end(end);
             return;
         }
         if target <= self.log_start {
