@@ -49,18 +49,39 @@ fn metadata_brokers(addr: SocketAddr) -> (Vec<(i32, String, i32)>, i32) {
     (brokers, controller)
 }
 
+/// Waits until node `id` lists exactly `expected` and names a controller among them (`controller`, if
+/// given); returns that controller.
+fn wait_metadata_brokers(
+    cluster: &DevCluster,
+    id: i32,
+    expected: &[(i32, String, i32)],
+    controller: Option<i32>,
+) -> i32 {
+    cluster.wait_until(&format!("Metadata from node {id} lists every broker and a controller"), NODE_TIMEOUT, || {
+        let (brokers, named) = metadata_brokers(cluster.kafka_addr(id));
+        match controller {
+            _ if brokers != expected => Err(format!("brokers {brokers:?}, controller {named}")),
+            Some(c) if named == c => Ok(named),
+            None if (0..BROKERS).contains(&named) => Ok(named),
+            _ => Err(format!("brokers {brokers:?}, controller {named}")),
+        }
+    })
+}
+
 #[test]
 fn three_broker_dev_cluster_lifecycle() {
     let tmp = temp_dir("sluice-dev-cluster-");
     let mut cluster = DevCluster::start(tmp.path());
     let (base, dir) = (cluster.base_port(), cluster.dir().to_path_buf());
 
-    // (a) Every broker answers, and each lists all three with their Kafka ports; controller 0.
+    // (a) Every broker answers, and each lists all three with their Kafka ports and names the same
+    // controller (the lowest id without replication; the Raft leader, once elected, with it).
     let expected: Vec<(i32, String, i32)> =
         (0..BROKERS).map(|i| (i, "127.0.0.1".to_string(), i32::from(cluster.kafka_port(i)))).collect();
+    let controller = wait_metadata_brokers(&cluster, 0, &expected, None);
     for id in 0..BROKERS {
         wire::api_versions_v0_round_trip(cluster.kafka_addr(id), NODE_TIMEOUT).expect("ApiVersions");
-        assert_eq!(metadata_brokers(cluster.kafka_addr(id)), (expected.clone(), 0), "Metadata from node {id}");
+        wait_metadata_brokers(&cluster, id, &expected, Some(controller));
         assert!(cluster.pid(id).is_some_and(process_exists), "pid file of node {id} names a live process");
     }
 
@@ -98,7 +119,7 @@ fn three_broker_dev_cluster_lifecycle() {
     });
     assert!(!process_exists(pid), "killed node 1 was reaped");
     cluster.restart(1);
-    assert_eq!(metadata_brokers(cluster.kafka_addr(1)), (expected.clone(), 0), "Metadata from restarted node 1");
+    wait_metadata_brokers(&cluster, 1, &expected, None);
     let read = run_kcat(&["-b", &node1, "-C", "-t", &topic, "-p", "0", "-o", "beginning", "-e", "-q"], b"");
     assert_eq!(String::from_utf8_lossy(&read).trim(), "before-kill", "record on node 1 after kill -9 and restart");
     // dev-cluster does not manage a broker restarted by hand: stop it here, cleanly.

@@ -13,7 +13,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -39,12 +39,17 @@ pub const NODE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Base ports tried before giving up (another process may take a port between check and bind).
 const START_ATTEMPTS: usize = 4;
-/// Lowest and highest base port picked (the Raft ports go 200 + BROKERS above it).
-const BASE_PORT_RANGE: (u16, u16) = (20_000, 60_000);
+/// Lowest and highest base port picked (the Raft ports go 200 + BROKERS above it); the highest is
+/// lowered to stay below the kernel's ephemeral port range.
+const BASE_PORT_RANGE: (u16, u16) = (10_000, 60_000);
+/// Every port a cluster of this process was given.
+static HANDED_OUT_PORTS: Mutex<Vec<u16>> = Mutex::new(Vec::new());
 /// How often a condition is looked at again.
 pub const POLL: Duration = Duration::from_millis(50);
-/// Lines of each broker's log shown when a test fails.
+/// Lines of each broker's log shown when a test fails (a run of lines that differ only in their
+/// timestamp counts as one), and the most lines read from its end to find them.
 const LOG_TAIL_LINES: usize = 40;
+const LOG_TAIL_SCAN_LINES: usize = 5_000;
 /// `timeout_ms` of CreateTopics.
 const CREATE_TOPICS_TIMEOUT_MS: i32 = 10_000;
 /// Metadata v8 (leader epochs, controller id, non-flexible) and CreateTopics v5 (configs).
@@ -214,10 +219,8 @@ impl DevCluster {
         self.tails_shown.set(true);
         let mut out = format!("--- dev-cluster stderr ---\n{}", self.stderr());
         for id in 0..BROKERS {
-            let log = fs::read_to_string(self.node_dir(id).join("broker.log")).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
             let path = self.node_dir(id).join("broker.log");
+            let tail = log_tail(&fs::read_to_string(&path).unwrap_or_default());
             out.push_str(&format!("\n--- node {id} ({:?}) {} ---\n{tail}", self.state(id), path.display()));
         }
         out
@@ -401,19 +404,30 @@ impl DevCluster {
         Ok(ClusterView { answered_by: id, brokers, controller: response.controller_id.0, topics })
     }
 
-    /// Metadata from the first running node that answers.
+    /// Metadata from the controller if the first running node that answers names a running one, else
+    /// from that node. The controller has applied every committed change; a broker just restarted may
+    /// still be replaying its Raft log and describe a past state (an ISR it has since left, say).
     pub fn metadata(&self, topics: Option<&[&str]>) -> Result<ClusterView, String> {
         let mut errors = Vec::new();
         for id in self.running_nodes() {
             match self.metadata_from(id, topics) {
-                Ok(view) => return Ok(view),
+                Ok(view) => {
+                    let controller = view.controller;
+                    if controller == id
+                        || !(0..BROKERS).contains(&controller)
+                        || self.state(controller) != NodeState::Running
+                    {
+                        return Ok(view);
+                    }
+                    return Ok(self.metadata_from(controller, topics).unwrap_or(view));
+                }
                 Err(e) => errors.push(format!("node {id}: {e}")),
             }
         }
         Err(format!("no running node answered Metadata: {errors:?}"))
     }
 
-    /// One partition as the first running node that answers sees it.
+    /// One partition as `metadata` sees it.
     pub fn partition(&self, topic: &str, partition: i32) -> Result<PartitionView, String> {
         self.metadata(Some(&[topic]))?.partition(topic, partition)
     }
@@ -511,13 +525,23 @@ impl DevCluster {
     }
 
     /// Creates the topic (panics on an error) and waits until every partition is fully replicated.
+    /// INVALID_REPLICATION_FACTOR is retried for up to `NODE_TIMEOUT`: right after the cluster or a
+    /// broker starts, the controller may not count every broker as alive yet.
     #[track_caller]
     pub fn create_topic(&self, topic: &str, partitions: i32, replication_factor: i16, configs: &[(&str, &str)]) {
-        let (code, message) = self.create_topic_result(topic, partitions, replication_factor, configs);
-        assert_eq!(code, ERROR_NONE, "create {topic} (RF {replication_factor}, {configs:?}): {message}");
+        let what = format!("create {topic} (RF {replication_factor}, {configs:?})");
+        let deadline = Instant::now() + NODE_TIMEOUT;
+        loop {
+            let (code, message) = self.create_topic_result(topic, partitions, replication_factor, configs);
+            match code {
+                ERROR_NONE => break,
+                ERROR_INVALID_REPLICATION_FACTOR if Instant::now() < deadline => thread::sleep(POLL),
+                _ => panic!("{what}: error {code}: {message}\n{}", self.log_tails()),
+            }
+        }
         for p in 0..partitions {
             let view = self.wait_fully_replicated(topic, p, NODE_TIMEOUT);
-            assert_eq!(view.replicas.len(), replication_factor as usize, "{topic}/{p} replicas: {view:?}");
+            assert_eq!(view.replicas.len(), replication_factor as usize, "{what}: replicas of partition {p}: {view:?}");
         }
     }
 
@@ -725,6 +749,26 @@ pub fn process_exists(pid: libc::pid_t) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
+/// The last `LOG_TAIL_LINES` of a broker log, each run of lines equal but for their timestamp (the
+/// first word) shown once with its count: a broker retrying something in a loop fills its log.
+fn log_tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let scanned = &lines[lines.len().saturating_sub(LOG_TAIL_SCAN_LINES)..];
+    let mut runs: Vec<(&str, &str, usize)> = Vec::new(); // (first line, text after the timestamp, count)
+    for line in scanned {
+        let text = line.split_once(' ').map_or(*line, |(_, rest)| rest);
+        match runs.last_mut() {
+            Some((_, last, count)) if *last == text => *count += 1,
+            _ => runs.push((line, text, 1)),
+        }
+    }
+    runs[runs.len().saturating_sub(LOG_TAIL_LINES)..]
+        .iter()
+        .map(|(line, _, count)| if *count > 1 { format!("{line}  [{count} times]") } else { line.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Removes the node's pid file if it names `pid` (a broker this harness restarted and that is gone), as
 /// dev-cluster does for the brokers it started.
 fn remove_pid_file_of(node_dir: &Path, pid: libc::pid_t) {
@@ -744,21 +788,34 @@ fn is_broker_of(pid: libc::pid_t, node_dir: &Path) -> bool {
 
 /// A base port whose Kafka, replication and Raft ports for every broker are free right now.
 fn free_base_port(attempt: usize) -> u16 {
+    // Below the kernel's ephemeral range: the port of a killed broker must stay free for its restart,
+    // and an outgoing connection (a client's, another broker's) could otherwise be given it.
+    let ephemeral_low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32_768);
+    let highest_offset = LISTENER_PORT_OFFSETS.iter().max().copied().unwrap_or(0) + BROKERS as u16;
+    let (low, high) = (BASE_PORT_RANGE.0, BASE_PORT_RANGE.1.min(ephemeral_low.saturating_sub(highest_offset + 1)));
+    assert!(low < high, "no room for cluster ports between {low} and the ephemeral range at {ephemeral_low}");
+    let ports_of = |base: u16| -> Vec<u16> {
+        LISTENER_PORT_OFFSETS.iter().flat_map(|off| (0..BROKERS as u16).map(move |i| base + off + i)).collect()
+    };
+    // Never the ports of another cluster of this test process, not even those of its dead brokers.
+    let mut handed_out = HANDED_OUT_PORTS.lock().unwrap_or_else(|e| e.into_inner());
     let seed = std::process::id() as u64 * 7919
         + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u64)
         + attempt as u64 * 104_729;
-    let span = u64::from(BASE_PORT_RANGE.1 - BASE_PORT_RANGE.0);
+    let span = u64::from(high - low);
     for step in 0..span {
-        let base = BASE_PORT_RANGE.0 + ((seed + step * 331) % span) as u16;
-        let all_free = LISTENER_PORT_OFFSETS
-            .iter()
-            .flat_map(|off| (0..BROKERS as u16).map(move |i| base + off + i))
-            .all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
+        let base = low + ((seed + step * 331) % span) as u16;
+        let ports = ports_of(base);
+        let all_free = ports.iter().all(|p| !handed_out.contains(p) && TcpListener::bind(("127.0.0.1", *p)).is_ok());
         if all_free {
+            handed_out.extend(ports);
             return base;
         }
     }
-    panic!("no free base port in {BASE_PORT_RANGE:?}");
+    panic!("no free base port in {low}..{high}");
 }
 
 /// A directory under target/ (never tmpfs: the brokers use O_DIRECT), removed when dropped.
