@@ -1,7 +1,7 @@
 //! Replication (issue 7) end to end: a three-broker `sluice dev-cluster` of real processes on
 //! 127.0.0.1, faults injected with SIGKILL (a broker that dies) and restarts from the saved command
-//! line, observed through Metadata (leader, leader epoch, replicas,
-//! ISR, controller) and through real clients (librdkafka producing and consuming).
+//! line, observed through Metadata (leader, leader epoch, replicas, ISR, controller) and through real
+//! clients (librdkafka producing and consuming).
 //!
 //! What is asserted, Kafka's semantics throughout:
 //! - Metadata from any broker lists the three brokers and one controller; CreateTopics spreads

@@ -46,8 +46,8 @@ const BASE_PORT_RANGE: (u16, u16) = (10_000, 60_000);
 static HANDED_OUT_PORTS: Mutex<Vec<u16>> = Mutex::new(Vec::new());
 /// How often a condition is looked at again.
 pub const POLL: Duration = Duration::from_millis(50);
-/// Lines of each broker's log shown when a test fails (a run of lines that differ only in their
-/// timestamp counts as one), and the most lines read from its end to find them.
+/// Lines of each broker's log shown when a test fails (lines that differ only in their timestamp
+/// count as one), and the most lines read from its end to find them.
 const LOG_TAIL_LINES: usize = 40;
 const LOG_TAIL_SCAN_LINES: usize = 5_000;
 /// `timeout_ms` of CreateTopics.
@@ -749,22 +749,30 @@ pub fn process_exists(pid: libc::pid_t) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
-/// The last `LOG_TAIL_LINES` of a broker log, each run of lines equal but for their timestamp (the
-/// first word) shown once with its count: a broker retrying something in a loop fills its log.
+/// The last `LOG_TAIL_LINES` distinct lines of a broker log, lines equal but for their timestamp (the
+/// first word) shown once, at their last occurrence, with their count: a broker retrying something
+/// in a loop fills its log, often with a few lines taking turns.
 fn log_tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     let scanned = &lines[lines.len().saturating_sub(LOG_TAIL_SCAN_LINES)..];
-    let mut runs: Vec<(&str, &str, usize)> = Vec::new(); // (first line, text after the timestamp, count)
-    for line in scanned {
+    // text after the timestamp -> (index of its last occurrence, count)
+    let mut seen: std::collections::HashMap<&str, (usize, usize)> = std::collections::HashMap::new();
+    for (i, line) in scanned.iter().enumerate() {
         let text = line.split_once(' ').map_or(*line, |(_, rest)| rest);
-        match runs.last_mut() {
-            Some((_, last, count)) if *last == text => *count += 1,
-            _ => runs.push((line, text, 1)),
-        }
+        let entry = seen.entry(text).or_insert((i, 0));
+        *entry = (i, entry.1 + 1);
     }
-    runs[runs.len().saturating_sub(LOG_TAIL_LINES)..]
+    let mut last: Vec<(usize, usize)> = seen.into_values().collect();
+    last.sort_unstable();
+    last[last.len().saturating_sub(LOG_TAIL_LINES)..]
         .iter()
-        .map(|(line, _, count)| if *count > 1 { format!("{line}  [{count} times]") } else { line.to_string() })
+        .map(|&(i, count)| {
+            if count > 1 {
+                format!("{}  [{count} times in the last {} lines]", scanned[i], scanned.len())
+            } else {
+                scanned[i].to_string()
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
