@@ -679,3 +679,8 @@ impl Broker {
         assert_eq!(rc, 0, "kill({signal}): {}", io::Error::last_os_error());
     }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Multi-broker clusters (tests/dev_cluster.rs, tests/replication.rs).
+
+pub mod cluster;
