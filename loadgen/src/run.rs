@@ -17,6 +17,9 @@ use crate::produce::run_producer;
 use crate::scenario::{Mode, Scenario};
 use crate::stats::{GroupPoint, Percentiles, Shared, TimePoint};
 
+/// How long a new topic's leaders may take to answer ListOffsets.
+const START_OFFSETS_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often the collector samples.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -128,7 +131,17 @@ pub fn run_scenario(scenario: &Scenario, options: &RunOptions) -> Result<(Summar
     for (address, ps) in layout.by_leader(&(0..partitions).collect::<Vec<_>>())? {
         lag_connections.push((Connection::connect(&address)?, ps));
     }
-    let start_offsets = sample_end_offsets(&mut lag_connections, &layout.topic, partitions)?;
+    // A just-created topic's leaders may still be taking up their role (a cluster's metadata
+    // propagates): NOT_LEADER_OR_FOLLOWER and LEADER_NOT_AVAILABLE are retried for a while.
+    let ready_deadline = Instant::now() + START_OFFSETS_TIMEOUT;
+    let start_offsets = loop {
+        match sample_end_offsets(&mut lag_connections, &layout.topic, partitions) {
+            Err(LoadgenError::Broker { code: 5 | 6, .. }) if Instant::now() < ready_deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            other => break other?,
+        }
+    };
 
     let shared = Arc::new(Shared::new(scenario.phases.len(), &groups));
     for g in &shared.groups {
