@@ -369,6 +369,26 @@ impl Partition {
         Ok(())
     }
 
+    /// Follower side: follows the leader's log start (DeleteRecords, retention there): records below
+    /// it go here too, as far as this log reaches.
+    pub async fn follow_log_start(&self, leader_log_start: u64) -> Result<(), PartitionError> {
+        let target = leader_log_start.min(self.log.next_offset());
+        if target > self.log.log_start_offset() {
+            self.log.delete_records_before(target).await?;
+        }
+        Ok(())
+    }
+
+    /// Follower side: the whole log lies below the leader's log start; start over there.
+    pub async fn restart_at(&self, offset: u64) -> Result<(), PartitionError> {
+        warn!(topic = %self.topic, partition = self.index, from = self.log.next_offset(), offset,
+            "log below the leader's log start: starting over");
+        self.log.restart_at(offset).await?;
+        self.hw.set(offset);
+        *self.producers.borrow_mut() = ProducerStates::default();
+        Ok(())
+    }
+
     /// Follower side: this log's last fetched epoch and end for `epoch` (Kafka's
     /// `endOffsetForEpoch`), for divergence handling.
     pub fn epoch_end_offset(&self, epoch: i32) -> Option<(i32, u64)> {

@@ -154,11 +154,16 @@ fn consumer(bootstrap: &str, topic: &str) -> BaseConsumer {
 /// Every record of the partition from offset 0 up to its high watermark, as (offset, value), read with
 /// librdkafka from whichever broker leads it now.
 fn read_partition(cluster: &DevCluster, topic: &str, partition: i32) -> Vec<(i64, String)> {
+    read_partition_from(cluster, topic, partition, 0)
+}
+
+/// Every record of a partition whose log starts at `log_start`, up to its high watermark.
+fn read_partition_from(cluster: &DevCluster, topic: &str, partition: i32, log_start: i64) -> Vec<(i64, String)> {
     let consumer = consumer(&cluster.bootstrap(), topic);
     let (low, high) = cluster.wait_until(&format!("watermarks of {topic}/{partition}"), CONSUME_TIMEOUT, || {
         consumer.fetch_watermarks(topic, partition, CLIENT_CALL_TIMEOUT).map_err(|e| e.to_string())
     });
-    assert_eq!(low, 0, "{topic}/{partition}: log start offset");
+    assert_eq!(low, log_start, "{topic}/{partition}: log start offset");
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("assignment entry");
     consumer.assign(&assignment).expect("assign the partition");
@@ -837,4 +842,61 @@ fn controller_failover() {
     assert_dense(&topic, 0, &log);
     assert_eq!(log.into_iter().map(|(_, v)| v).collect::<Vec<_>>(), sent, "{topic}/0 read back");
     println!("controller failover: node {old} killed, node {new} controller after {failover:?}");
+}
+
+/// DeleteRecords on the leader reaches the followers: their log start follows the leader's (carried
+/// in every fetch answer), so after the leader is killed the new leader's low watermark is where the
+/// old one's was, and the records below it are gone there too.
+#[test]
+fn delete_records_reach_followers() {
+    use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{DeleteRecordsRequest, ListOffsetsRequest};
+    const DELETE_BEFORE: i64 = 60;
+
+    let tmp = temp_dir("sluice-repl-delrec-");
+    let mut cluster = DevCluster::start(tmp.path());
+    let topic = unique_topic("repl-delrec");
+    cluster.create_topic(&topic, 1, 3, &[("min.insync.replicas", "2")]);
+    cluster.wait_fully_replicated(&topic, 0, ISR_REJOIN_TIMEOUT);
+    let producer = producer(&cluster.bootstrap(), &[("acks", "all"), ("enable.idempotence", "true")]);
+    produce_acked(&producer, &topic, 0, &values("r", 100), "before DeleteRecords");
+
+    let before = cluster.partition(&topic, 0).expect("metadata");
+    let leader = before.leader;
+    let delete = DeleteRecordsRequest::default()
+        .with_timeout_ms(5_000)
+        .with_topics(vec![DeleteRecordsTopic::default().with_name(topic_name(&topic)).with_partitions(vec![
+            DeleteRecordsPartition::default().with_partition_index(0).with_offset(DELETE_BEFORE),
+        ])]);
+    let answer = cluster::call(cluster.kafka_addr(leader), &delete, 1).expect("DeleteRecords");
+    let p = &answer.topics[0].partitions[0];
+    assert_eq!((p.error_code, p.low_watermark), (0, DELETE_BEFORE), "DeleteRecords on leader {leader}");
+
+    // Followers take the new log start with their next fetch (an idle fetch waits up to 500 ms);
+    // the new leader must answer with it whichever follower it is.
+    let earliest = |cluster: &DevCluster, node: i32| -> Result<i64, String> {
+        let request =
+            ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![ListOffsetsTopic::default()
+                .with_name(topic_name(&topic))
+                .with_partitions(vec![ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-2)])]);
+        let r = cluster::call(cluster.kafka_addr(node), &request, 1)?;
+        let p = &r.topics[0].partitions[0];
+        if p.error_code != 0 {
+            return Err(format!("ListOffsets error {} from node {node}", p.error_code));
+        }
+        Ok(p.offset)
+    };
+    // One more acks=all record: acknowledged only once every follower appended it, from a fetch
+    // answer that also carried the new log start (applied with the append).
+    produce_acked(&producer, &topic, 0, &values("after", 1), "after DeleteRecords");
+    drop_within(producer, CLIENT_CLOSE_TIMEOUT, "rdkafka producer");
+    cluster.kill9(leader);
+    let new_leader = cluster.wait_new_leader(&topic, 0, &before, FAILOVER_TIMEOUT);
+    let start =
+        cluster.wait_until("the new leader's ListOffsets", FAILOVER_TIMEOUT, || earliest(&cluster, new_leader.leader));
+    assert_eq!(start, DELETE_BEFORE, "log start on the new leader {}", new_leader.leader);
+    let log = read_partition_from(&cluster, &topic, 0, DELETE_BEFORE);
+    assert_eq!(log.first().map(|(o, _)| *o), Some(DELETE_BEFORE), "first record read from the new leader");
+    assert_eq!(log.len(), 41, "records 60..=100 on the new leader");
 }

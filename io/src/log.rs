@@ -107,6 +107,8 @@ enum Control {
     /// Swap a finished rewrite in for the segment it was made from.
     Replace(Box<SegmentRewrite>),
     Truncate(u64),
+    /// Empty the log and restart it at an offset (which may be past its end).
+    Restart(u64),
     Retention(i64),
     AdvanceStart(u64),
     Checkpoint,
@@ -498,7 +500,7 @@ impl Log {
     }
 
     async fn control(&self, op: Control) -> Result<u64> {
-        let exclusive = matches!(op, Control::Truncate(_));
+        let exclusive = matches!(op, Control::Truncate(_) | Control::Restart(_));
         let close = matches!(op, Control::Close | Control::Abandon);
         if close {
             if self.shared().state.borrow().closed {
@@ -530,6 +532,12 @@ impl Log {
     /// Durable when it returns.
     pub async fn truncate_to(&self, offset: u64) -> Result<()> {
         self.control(Control::Truncate(offset)).await.map(drop)
+    }
+
+    /// Empties the log and restarts it at `offset`, wherever that is (a follower whose whole log
+    /// is below its leader's log start starts over there). Durable when it returns.
+    pub async fn restart_at(&self, offset: u64) -> Result<()> {
+        self.control(Control::Restart(offset)).await.map(drop)
     }
 
     /// Deletes whole old segments beyond `retention_ms` (by their newest timestamp, against
@@ -1225,6 +1233,7 @@ async fn run_control(sh: &Rc<Shared>, op: Control) -> Result<u64> {
             res.map(|()| 0)
         }
         Control::Truncate(offset) => truncate(sh, offset).await.map(|()| 0),
+        Control::Restart(offset) => truncate_fully(sh, offset).await.map(|()| 0),
         Control::AssignEpoch(epoch, start) => {
             sh.queued_assigns.set(sh.queued_assigns.get().saturating_sub(1));
             let mut next = sh.epochs.borrow().clone();

@@ -154,3 +154,36 @@ fn assigning_the_latest_epoch_again_skips_the_writer() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn truncating_at_the_end_drops_an_empty_epoch_and_restart_moves_past_the_end() {
+    let dir = temp_dir();
+    let p = path_of(&dir);
+    run(move || async move {
+        let log = Log::open(&p, cfg()).await.unwrap();
+        log.assign_epoch(0, 0).await.unwrap();
+        fill(&log, 10).await;
+        // A leader records epoch 2 at its end, appends nothing, and becomes a follower again: its
+        // new leader says epoch 0 ended at 10, so it truncates to 10 — its log end.
+        log.assign_epoch(2, 10).await.unwrap();
+        log.truncate_to(10).await.unwrap();
+        assert_eq!(log.next_offset(), 10, "no batch removed");
+        assert_eq!(log.epochs().entries(), &[e(0, 0)], "the empty epoch went");
+        // A follower below its leader's log start starts over there, past its own end.
+        log.restart_at(25).await.unwrap();
+        assert_eq!((log.log_start_offset(), log.next_offset()), (25, 25));
+        assert!(log.epochs().is_empty());
+        log.assign_epoch(3, 25).await.unwrap();
+        log.append_at(
+            25,
+            sluice_io::AppendBatch { record_count: 1, max_timestamp: 1, payload: bytes::Bytes::from_static(b"x") },
+        )
+        .await
+        .unwrap();
+        log.close().await.unwrap();
+        let log = Log::open(&p, cfg()).await.unwrap();
+        assert_eq!((log.log_start_offset(), log.next_offset()), (25, 26));
+        assert_eq!(log.epochs().entries(), &[e(3, 25)]);
+        log.close().await.unwrap();
+    });
+}

@@ -216,10 +216,17 @@ async fn fetch_from(shard: &Rc<Shard>, leader: i32) {
 async fn apply(p: &Partition, f: &FetchedPartition, records: &Bytes) -> Result<(), String> {
     if f.error_code != NO_ERROR {
         let leo = p.log_end_offset() as u64;
-        if f.error_code == ResponseError::OffsetOutOfRange.code() && leo > f.log_end_offset && f.log_end_offset > 0 {
-            // Beyond the leader's end with no epoch to compare: keep what the leader has.
-            p.truncate_to(f.log_end_offset).await.map_err(|e| e.message)?;
-            return Ok(());
+        if f.error_code == ResponseError::OffsetOutOfRange.code() {
+            if leo < f.log_start_offset {
+                // The leader deleted everything this log has and more: start over at its start.
+                p.restart_at(f.log_start_offset).await.map_err(|e| e.message)?;
+                return Ok(());
+            }
+            if leo > f.log_end_offset {
+                // Beyond the leader's end with no epoch to compare: keep what the leader has.
+                p.truncate_to(f.log_end_offset).await.map_err(|e| e.message)?;
+                return Ok(());
+            }
         }
         return Err(format!("leader answered error code {}", f.error_code));
     }
@@ -233,6 +240,7 @@ async fn apply(p: &Partition, f: &FetchedPartition, records: &Bytes) -> Result<(
         return Ok(());
     }
     p.append_replicated(records, f.high_watermark).await.map_err(|e| e.message)?;
+    p.follow_log_start(f.log_start_offset).await.map_err(|e| e.message)?;
     Ok(())
 }
 
