@@ -39,6 +39,17 @@ pub enum Role {
     Follower { leader: BrokerId, leader_epoch: i32 },
 }
 
+/// A partition's replication state for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicationSample {
+    pub leader: bool,
+    pub leader_epoch: i32,
+    /// Leader side only (0 on a follower).
+    pub replicas: usize,
+    pub in_sync_replicas: usize,
+    pub max_follower_lag: u64,
+}
+
 /// What a leader answers one follower's fetch of this partition.
 pub struct ReplicaRead {
     pub batches: Vec<StoredBatch>,
@@ -148,6 +159,35 @@ impl Partition {
         match &*self.role.borrow() {
             Role::Standalone => self.log.next_offset() as i64,
             _ => self.hw.get() as i64,
+        }
+    }
+
+    /// Replication state for metrics.
+    pub fn replication_sample(&self) -> ReplicationSample {
+        let leo = self.log.next_offset();
+        match &*self.role.borrow() {
+            Role::Standalone => ReplicationSample {
+                leader: true,
+                leader_epoch: LEADER_EPOCH,
+                replicas: 1,
+                in_sync_replicas: 1,
+                max_follower_lag: 0,
+            },
+            Role::Leader(l) => ReplicationSample {
+                leader: true,
+                leader_epoch: l.leader_epoch,
+                replicas: l.replicas.len(),
+                in_sync_replicas: l.isr.len(),
+                max_follower_lag: l
+                    .followers
+                    .values()
+                    .map(|f| leo.saturating_sub(f.log_end_offset.unwrap_or(0)))
+                    .max()
+                    .unwrap_or(0),
+            },
+            Role::Follower { leader_epoch, .. } => {
+                ReplicationSample { leader_epoch: (*leader_epoch).max(0), ..ReplicationSample::default() }
+            }
         }
     }
 

@@ -280,6 +280,7 @@ impl Shard {
                     size_bytes: p.size_bytes(),
                     records_appended: records,
                     bytes_appended: bytes,
+                    replication: p.replication_sample(),
                 }
             })
             .collect();

@@ -233,6 +233,33 @@ pub fn gather(m: &BrokerMetrics) -> Vec<MetricFamily> {
         p.high_watermark as f64
     }));
     out.push(gauge("sluice_partition_size_bytes", "Bytes of the partition's segments.", &|p| p.size_bytes as f64));
+    let r = |p: &super::PartitionSample| p.replication;
+    out.push(gauge("sluice_partition_leader", "1 where this broker leads the partition, 0 where it follows.", &|p| {
+        f64::from(u8::from(r(p).leader))
+    }));
+    out.push(gauge("sluice_partition_leader_epoch", "Leader epoch this replica is at.", &|p| {
+        f64::from(r(p).leader_epoch)
+    }));
+    out.push(gauge("sluice_partition_replicas", "Replicas of the partition (on its leader; 0 on followers).", &|p| {
+        r(p).replicas as f64
+    }));
+    out.push(gauge(
+        "sluice_partition_in_sync_replicas",
+        "In-sync replicas, the leader included (on its leader; 0 on followers).",
+        &|p| r(p).in_sync_replicas as f64,
+    ));
+    out.push(gauge(
+        "sluice_partition_under_replicated",
+        "1 where this broker leads the partition and its ISR is smaller than its replica set (Kafka's \
+         UnderReplicatedPartitions, per partition).",
+        &|p| f64::from(u8::from(r(p).leader && r(p).in_sync_replicas < r(p).replicas)),
+    ));
+    out.push(gauge(
+        "sluice_partition_follower_max_lag_records",
+        "On the leader: its log end minus the smallest log end a follower reported (a follower not \
+         heard from in this leadership counts from 0).",
+        &|p| r(p).max_follower_lag as f64,
+    ));
     out.push(
         Family::new(
             "sluice_partition_records_appended_total",

@@ -49,6 +49,8 @@ pub struct PartitionSample {
     /// Records and bytes of produced batches appended since the broker started.
     pub records_appended: u64,
     pub bytes_appended: u64,
+    /// Replication as this broker sees it (see [`crate::partition::ReplicationSample`]).
+    pub replication: crate::partition::ReplicationSample,
 }
 
 /// A group's committed offset as last published by the coordinator's core.
