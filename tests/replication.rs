@@ -152,16 +152,29 @@ fn consumer(bootstrap: &str, topic: &str) -> BaseConsumer {
 }
 
 /// Every record of the partition from offset 0 up to its high watermark, as (offset, value), read with
-/// librdkafka from whichever broker leads it now.
-fn read_partition(cluster: &DevCluster, topic: &str, partition: i32) -> Vec<(i64, String)> {
-    read_partition_from(cluster, topic, partition, 0)
+/// librdkafka from whichever broker leads it now, once that high watermark reaches `acked_end` (a
+/// new leader's high watermark catches up with acknowledged records once its followers fetched
+/// from it: until then they are stored but not yet visible, as in Kafka).
+fn read_partition(cluster: &DevCluster, topic: &str, partition: i32, acked_end: i64) -> Vec<(i64, String)> {
+    read_partition_from(cluster, topic, partition, 0, acked_end)
 }
 
-/// Every record of a partition whose log starts at `log_start`, up to its high watermark.
-fn read_partition_from(cluster: &DevCluster, topic: &str, partition: i32, log_start: i64) -> Vec<(i64, String)> {
+/// Every record of a partition whose log starts at `log_start`, up to its high watermark (at least
+/// `acked_end`).
+fn read_partition_from(
+    cluster: &DevCluster,
+    topic: &str,
+    partition: i32,
+    log_start: i64,
+    acked_end: i64,
+) -> Vec<(i64, String)> {
     let consumer = consumer(&cluster.bootstrap(), topic);
     let (low, high) = cluster.wait_until(&format!("watermarks of {topic}/{partition}"), CONSUME_TIMEOUT, || {
-        consumer.fetch_watermarks(topic, partition, CLIENT_CALL_TIMEOUT).map_err(|e| e.to_string())
+        match consumer.fetch_watermarks(topic, partition, CLIENT_CALL_TIMEOUT) {
+            Ok((low, high)) if high >= acked_end => Ok((low, high)),
+            Ok((_, high)) => Err(format!("high watermark {high}, acknowledged up to {acked_end}")),
+            Err(e) => Err(e.to_string()),
+        }
     });
     assert_eq!(low, log_start, "{topic}/{partition}: log start offset");
     let mut assignment = TopicPartitionList::new();
@@ -355,7 +368,7 @@ fn metadata_placement_and_not_leader() {
     let offsets = produce_acked(&producer, &replicated, 0, &sent, "bootstrapped from a follower");
     assert_eq!(offsets, (0..10).collect::<Vec<i64>>(), "acknowledged offsets");
     drop_within(producer, CLIENT_CLOSE_TIMEOUT, "rdkafka producer");
-    let log = read_partition(&cluster, &replicated, 0);
+    let log = read_partition(&cluster, &replicated, 0, 10);
     assert_eq!(log.into_iter().map(|(_, v)| v).collect::<Vec<_>>(), sent, "{replicated}/0 read back");
 }
 
@@ -532,7 +545,7 @@ fn acks_all_survives_repeated_leader_kills() {
     for (t, topic) in topics.iter().enumerate() {
         let partitions = if t == 0 { 1 } else { 3 };
         for p in 0..partitions {
-            let log = read_partition(&cluster, topic, p);
+            let log = read_partition(&cluster, topic, p, 0);
             assert_dense(topic, p, &log);
             let mut previous: Option<u64> = None;
             for (offset, value) in log {
@@ -620,9 +633,9 @@ fn follower_restart_catches_up() {
     let follower_led = move_leadership_to(&mut cluster, &topic, 0, follower);
     let leader = cluster.leader_of(&topic, 0);
 
-    let log = read_partition(&cluster, &topic, 0);
-    assert_dense(&topic, 0, &log);
     let expected: Vec<String> = early.iter().chain(&during).cloned().collect();
+    let log = read_partition(&cluster, &topic, 0, expected.len() as i64);
+    assert_dense(&topic, 0, &log);
     assert_eq!(log.len(), expected.len(), "records in {topic}/0 read from node {leader}");
     assert_eq!(acked, (0..expected.len() as i64).collect::<Vec<_>>(), "acknowledged offsets");
     for ((offset, got), want) in log.iter().zip(&expected) {
@@ -688,7 +701,7 @@ fn min_insync_refusal() {
         drop_within(p, CLIENT_CLOSE_TIMEOUT, "rdkafka producer");
     }
 
-    let log = read_partition(&cluster, &topic, 0);
+    let log = read_partition(&cluster, &topic, 0, 3);
     assert_dense(&topic, 0, &log);
     let got: Vec<&str> = log.iter().map(|(_, v)| v.as_str()).collect();
     assert_eq!(got, ["full-isr", "acks-1", "isr-restored"], "{topic}/0: the refused record must not be written");
@@ -787,7 +800,7 @@ fn divergent_follower_truncates() {
     // 7.
     let old_leader_leads = move_leadership_to(&mut cluster, &topic, 0, old_leader);
     let reader = cluster.leader_of(&topic, 0);
-    let log = read_partition(&cluster, &topic, 0);
+    let log = read_partition(&cluster, &topic, 0, 400);
     assert_dense(&topic, 0, &log);
     let got: Vec<&String> = log.iter().map(|(_, v)| v).collect();
     let expected: Vec<&String> = replicated.iter().chain(&after).collect();
@@ -838,7 +851,7 @@ fn controller_failover() {
     let offsets = produce_acked(&producer, &topic, 0, &sent, "acks=all after the controller failover");
     drop_within(producer, CLIENT_CLOSE_TIMEOUT, "rdkafka producer");
     assert_eq!(offsets, (0..AFTER_FAILOVER_RECORDS as i64).collect::<Vec<_>>(), "acknowledged offsets");
-    let log = read_partition(&cluster, &topic, 0);
+    let log = read_partition(&cluster, &topic, 0, AFTER_FAILOVER_RECORDS as i64);
     assert_dense(&topic, 0, &log);
     assert_eq!(log.into_iter().map(|(_, v)| v).collect::<Vec<_>>(), sent, "{topic}/0 read back");
     println!("controller failover: node {old} killed, node {new} controller after {failover:?}");
@@ -873,13 +886,14 @@ fn delete_records_reach_followers() {
     let p = &answer.topics[0].partitions[0];
     assert_eq!((p.error_code, p.low_watermark), (0, DELETE_BEFORE), "DeleteRecords on leader {leader}");
 
-    // Followers take the new log start with their next fetch (an idle fetch waits up to 500 ms);
-    // the new leader must answer with it whichever follower it is.
-    let earliest = |cluster: &DevCluster, node: i32| -> Result<i64, String> {
+    // ListOffsets on `node` (-2: the log start).
+    let list_offset = |cluster: &DevCluster, node: i32, timestamp: i64| -> Result<i64, String> {
         let request =
             ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![ListOffsetsTopic::default()
                 .with_name(topic_name(&topic))
-                .with_partitions(vec![ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-2)])]);
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(timestamp)])]);
         let r = cluster::call(cluster.kafka_addr(node), &request, 1)?;
         let p = &r.topics[0].partitions[0];
         if p.error_code != 0 {
@@ -893,10 +907,20 @@ fn delete_records_reach_followers() {
     drop_within(producer, CLIENT_CLOSE_TIMEOUT, "rdkafka producer");
     cluster.kill9(leader);
     let new_leader = cluster.wait_new_leader(&topic, 0, &before, FAILOVER_TIMEOUT);
-    let start =
-        cluster.wait_until("the new leader's ListOffsets", FAILOVER_TIMEOUT, || earliest(&cluster, new_leader.leader));
+    let start = cluster
+        .wait_until("the new leader's log start", FAILOVER_TIMEOUT, || list_offset(&cluster, new_leader.leader, -2));
     assert_eq!(start, DELETE_BEFORE, "log start on the new leader {}", new_leader.leader);
-    let log = read_partition_from(&cluster, &topic, 0, DELETE_BEFORE);
+    // A new leader's high watermark catches up once the other in-sync follower fetched from it
+    // (until then the acknowledged last record is there but not yet visible, as in Kafka).
+    cluster.wait_until("the new leader's high watermark past the last record", FAILOVER_TIMEOUT, || match list_offset(
+        &cluster,
+        new_leader.leader,
+        -1,
+    )? {
+        101 => Ok(()),
+        hw => Err(format!("high watermark {hw}")),
+    });
+    let log = read_partition_from(&cluster, &topic, 0, DELETE_BEFORE, 101);
     assert_eq!(log.first().map(|(o, _)| *o), Some(DELETE_BEFORE), "first record read from the new leader");
     assert_eq!(log.len(), 41, "records 60..=100 on the new leader");
 }
