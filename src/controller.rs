@@ -28,6 +28,8 @@ const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONTROLLER_TICK: Duration = Duration::from_millis(100);
 /// How often a leader looks for ISR changes to propose.
 const ISR_TICK: Duration = Duration::from_millis(200);
+/// Longest wait for one proposal during a controlled shutdown.
+const CONTROLLED_SHUTDOWN_STEP: Duration = Duration::from_secs(1);
 /// Producer ids reserved per Raft write.
 const PRODUCER_ID_BLOCK: i64 = 1000;
 /// Most leader and ISR changes the controller proposes per tick (bounds one tick's work).
@@ -205,6 +207,63 @@ async fn controller_loop(shard: Rc<Shard>, cp: Arc<ControlPlane>) {
             propose_logged(&cp, cmd).await;
         }
     }
+}
+
+/// Controlled shutdown (Kafka's): before a broker stops, the partitions it leads move to another
+/// in-sync replica (epoch + 1) and it leaves the ISR of those it follows, so clients and followers
+/// move on at once instead of after the session timeout. Bounded by `timeout`; what is left then is
+/// handled by the controller when the broker is gone.
+pub async fn controlled_shutdown(shard: &Rc<Shard>, cp: &ControlPlane, timeout: Duration) {
+    let me = shard.config.node_id;
+    let started = Instant::now();
+    let state = cp.state();
+    let mut moved = 0usize;
+    let mut left = 0usize;
+    for (name, t) in &state.topics {
+        for (i, p) in t.partitions.iter().enumerate() {
+            if started.elapsed() >= timeout {
+                warn!(moved, left, "controlled shutdown: out of time");
+                return;
+            }
+            let isr: Vec<BrokerId> = p.isr.iter().copied().filter(|b| *b != me).collect();
+            let cmd = if p.leader == me {
+                let Some(leader) = p.replicas.iter().copied().find(|b| isr.contains(b)) else { continue };
+                moved += 1;
+                ClusterCommand::SetLeader {
+                    topic: name.clone(),
+                    partition: i as i32,
+                    leader,
+                    leader_epoch: p.leader_epoch + 1,
+                    isr,
+                }
+            } else if p.isr.contains(&me) && !isr.is_empty() {
+                left += 1;
+                ClusterCommand::SetIsr {
+                    topic: name.clone(),
+                    partition: i as i32,
+                    isr,
+                    leader_epoch: p.leader_epoch,
+                    partition_epoch: p.partition_epoch,
+                }
+            } else {
+                continue;
+            };
+            // One slow proposal means the metadata quorum is going too (the whole cluster is being
+            // stopped): give up rather than hold the shutdown.
+            let step = timeout.saturating_sub(started.elapsed()).min(CONTROLLED_SHUTDOWN_STEP);
+            match cp.propose(cmd, step).await {
+                Ok(Ok(w)) => {
+                    let _ = cp.wait_applied(w.log_index, step).await;
+                }
+                _ => {
+                    warn!(moved, left, "controlled shutdown: the cluster metadata does not answer; stopping anyway");
+                    return;
+                }
+            }
+        }
+    }
+    sync(shard, cp).await;
+    info!(moved, left, elapsed_ms = started.elapsed().as_millis() as u64, "controlled shutdown: leadership moved");
 }
 
 async fn propose_logged(cp: &ControlPlane, cmd: ClusterCommand) {

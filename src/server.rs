@@ -23,6 +23,8 @@ use crate::topics::{self, TopicTable};
 
 /// How often each core looks at the signal flag.
 const SIGNAL_POLL_MS: u64 = 50;
+/// How long a cluster broker's shutdown may spend moving its partition leaderships elsewhere.
+const CONTROLLED_SHUTDOWN_MS: u64 = 5_000;
 /// How long shutdown waits for open connections to finish their in-flight requests.
 const DRAIN_TIMEOUT_MS: u64 = 10_000;
 
@@ -270,6 +272,9 @@ async fn core_main(
         .detach();
     }
     drop(listener);
+    if let (Some(cp), 0) = (&control, id) {
+        crate::controller::controlled_shutdown(&shard, cp, Duration::from_millis(CONTROLLED_SHUTDOWN_MS)).await;
+    }
     // Let connections finish what they are doing (each stops reading at shutdown).
     let drained = glommio::timer::timeout(Duration::from_millis(DRAIN_TIMEOUT_MS), async {
         while open.get() > 0 {

@@ -924,3 +924,124 @@ fn delete_records_reach_followers() {
     assert_eq!(log.first().map(|(o, _)| *o), Some(DELETE_BEFORE), "first record read from the new leader");
     assert_eq!(log.len(), 41, "records 60..=100 on the new leader");
 }
+
+/// Kafka's group-to-partition rule: `abs(String.hashCode) % partitions` of `__consumer_offsets`.
+fn offsets_partition_of(group: &str, partitions: i32) -> i32 {
+    let hash = group.encode_utf16().fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
+    (hash.unsigned_abs() % partitions as u32) as i32
+}
+
+/// Committed offsets survive the group coordinator's death: `__consumer_offsets` is replicated,
+/// commits wait for its ISR, and the new leader of the group's offsets partition loads them. A
+/// librdkafka group member reads 200 of 300 records and commits; the coordinator is killed; a new
+/// member of the same group gets exactly the other 100.
+#[test]
+fn group_offsets_survive_coordinator_kill() {
+    use rdkafka::consumer::CommitMode;
+    const TOTAL: usize = 300;
+    const FIRST: usize = 200;
+
+    let tmp = temp_dir("sluice-repl-group-");
+    let mut cluster = DevCluster::start(tmp.path());
+    let topic = unique_topic("repl-group");
+    let group = format!("group-{topic}");
+    cluster.create_topic(&topic, 3, 3, &[("min.insync.replicas", "2")]);
+    let producer = producer(&cluster.bootstrap(), &[("acks", "all"), ("enable.idempotence", "true")]);
+    for p in 0..3 {
+        let vs: Vec<String> = (0..TOTAL / 3).map(|i| format!("p{p}-{i}")).collect();
+        produce_acked(&producer, &topic, p, &vs, "group input");
+    }
+    drop_within(producer, CLIENT_CLOSE_TIMEOUT, "rdkafka producer");
+
+    let member = |cluster: &DevCluster| -> BaseConsumer {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap())
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("socket.timeout.ms", SOCKET_TIMEOUT_MS)
+            .set("topic.metadata.refresh.fast.interval.ms", "100")
+            .create()
+            .expect("create rdkafka group consumer");
+        c.subscribe(&[topic.as_str()]).expect("subscribe");
+        c
+    };
+    let read = |cluster: &DevCluster, c: &BaseConsumer, count: usize| -> Vec<String> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + CONSUME_TIMEOUT;
+        while got.len() < count {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {count} records within {CONSUME_TIMEOUT:?}\n{}",
+                got.len(),
+                cluster.log_tails()
+            );
+            if let Some(Ok(m)) = c.poll(CONSUMER_POLL) {
+                got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+            }
+        }
+        got
+    };
+
+    let first = member(&cluster);
+    let seen = read(&cluster, &first, FIRST);
+    first.commit_consumer_state(CommitMode::Sync).expect("commit");
+    drop_within(first, CLIENT_CLOSE_TIMEOUT, "first group member");
+
+    let offsets_partition = offsets_partition_of(&group, 16);
+    let coordinator = cluster.partition("__consumer_offsets", offsets_partition).expect("offsets partition");
+    cluster.kill9(coordinator.leader);
+    cluster.wait_new_leader("__consumer_offsets", offsets_partition, &coordinator, FAILOVER_TIMEOUT);
+
+    let second = member(&cluster);
+    let rest = read(&cluster, &second, TOTAL - FIRST);
+    drop_within(second, CLIENT_CLOSE_TIMEOUT, "second group member");
+    let mut all: Vec<&String> = seen.iter().chain(&rest).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        TOTAL,
+        "every record once across the two members (coordinator {} killed)",
+        coordinator.leader
+    );
+    println!("group offsets: coordinator node {} killed after a commit at {FIRST} records; the next member read the other {}", coordinator.leader, rest.len());
+}
+
+/// Controlled shutdown: a leader stopped with SIGTERM hands its partitions to another in-sync replica
+/// and leaves the ISR itself before it exits (its log says so), so the cluster does not wait for the
+/// session timeout; acks=all goes on at the new leader, and the stopped broker rejoins on restart.
+#[test]
+fn sigterm_moves_leadership_before_exit() {
+    let tmp = temp_dir("sluice-repl-sigterm-");
+    let mut cluster = DevCluster::start(tmp.path());
+    let topic = unique_topic("repl-sigterm");
+    cluster.create_topic(&topic, 1, 3, &[("min.insync.replicas", "2")]);
+    let before = cluster.wait_fully_replicated(&topic, 0, ISR_REJOIN_TIMEOUT);
+    let producer = producer(&cluster.bootstrap(), &[("acks", "all"), ("enable.idempotence", "true")]);
+    produce_acked(&producer, &topic, 0, &values("before", 50), "before the SIGTERM");
+
+    cluster.sigterm(before.leader);
+    let log = std::fs::read_to_string(cluster.node_dir(before.leader).join("broker.log")).expect("broker.log");
+    let line = log.lines().find(|l| l.contains("controlled shutdown: leadership moved")).unwrap_or_else(|| {
+        panic!("no controlled-shutdown line in node {}'s log\n{}", before.leader, cluster.log_tails())
+    });
+    assert!(!line.contains("moved=0"), "node {} moved no leadership: {line}", before.leader);
+    let after = cluster.wait_until("metadata after the controlled shutdown", FAILOVER_TIMEOUT, || {
+        let p = cluster.partition(&topic, 0)?;
+        if p.leader != before.leader && !p.isr.contains(&before.leader) {
+            Ok(p)
+        } else {
+            Err(format!("leader {} isr {:?}", p.leader, p.isr))
+        }
+    });
+    assert!(after.leader_epoch > before.leader_epoch, "epoch {} after {}", after.leader_epoch, before.leader_epoch);
+    produce_acked(&producer, &topic, 0, &values("after", 50), "after the SIGTERM");
+    drop_within(producer, CLIENT_CLOSE_TIMEOUT, "rdkafka producer");
+    cluster.restart(before.leader);
+    cluster.wait_in_isr(&topic, 0, before.leader, ISR_REJOIN_TIMEOUT);
+    let read = read_partition(&cluster, &topic, 0, 100);
+    assert_dense(&topic, 0, &read);
+    assert_eq!(read.len(), 100);
+    println!("controlled shutdown of node {}: {line}", before.leader);
+}

@@ -255,15 +255,31 @@ impl DevCluster {
             remove_pid_file_of(&self.node_dir(id), pid);
         } else {
             // dev-cluster reaps it (until then it is a zombie, which still exists).
-            self.wait_until(&format!("killed node {id} (pid {pid}) is reaped"), NODE_TIMEOUT, || {
-                if process_exists(pid) {
-                    Err("process still exists".to_string())
-                } else {
-                    Ok(())
-                }
-            });
+            self.wait_gone(pid, &format!("killed node {id} (pid {pid}) is reaped"));
         }
         self.states[node_index(id)] = NodeState::Killed;
+    }
+
+    /// SIGTERM the node's broker (started by dev-cluster) and wait until it has exited.
+    #[track_caller]
+    pub fn sigterm(&mut self, id: i32) {
+        assert_eq!(self.state(id), NodeState::Running, "sigterm: node {id}");
+        assert!(self.restarted[node_index(id)].is_none(), "sigterm: node {id} was restarted by the test");
+        let pid = self.pid(id).unwrap_or_else(|| panic!("sigterm: no pid file for node {id}\n{}", self.log_tails()));
+        send_signal(pid, libc::SIGTERM);
+        self.wait_gone(pid, &format!("node {id} (pid {pid}) exits after SIGTERM"));
+        self.states[node_index(id)] = NodeState::Killed;
+    }
+
+    /// Waits until process `pid` no longer exists (reaped).
+    fn wait_gone(&self, pid: libc::pid_t, what: &str) {
+        self.wait_until(what, NODE_TIMEOUT, || {
+            if process_exists(pid) {
+                Err("process still exists".to_string())
+            } else {
+                Ok(())
+            }
+        });
     }
 
     /// SIGSTOP the node's broker: it keeps its connections but answers nothing (a long stall).
