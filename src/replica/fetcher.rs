@@ -122,6 +122,8 @@ async fn fetch_from(shard: &Rc<Shard>, leader: i32) {
     let max_bytes = shard.config.replication.replica_fetch_max_bytes;
     let mut conn: Option<Connection> = None;
     while !shard.shutting_down.get() {
+        // Listen before planning: a change from here on cuts the coming fetch short.
+        let changed = shard.followers_changed.listen();
         let parts = followed(shard, leader);
         if parts.is_empty() {
             return;
@@ -162,8 +164,20 @@ async fn fetch_from(shard: &Rc<Shard>, leader: i32) {
                 read_frame(&mut c.stream, &mut c.decoder).await
             };
             Ok(r.await)
+        });
+        let exchange = futures_lite::future::or(async { Some(exchange.await) }, async {
+            changed.await;
+            None
         })
         .await;
+        let Some(exchange) = exchange else {
+            // This core's followed partitions changed while the fetch waited at the leader (a new
+            // topic, a failover): fetch the new set now, on a fresh connection, rather than after
+            // the leader's idle wait; the old fetch's answer is abandoned with its connection.
+            debug!(leader, "followed partitions changed: restarting the fetch");
+            conn = None;
+            continue;
+        };
         let frame = match exchange {
             Ok(Ok(Some(f))) if f.correlation_id == id => f,
             Ok(Ok(Some(_))) | Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
