@@ -307,7 +307,7 @@ fn start_control_plane(config: &BrokerConfig) -> anyhow::Result<ControlPlane> {
     let cp = ControlPlane::start(cfg).map_err(|e| anyhow::anyhow!("cluster control plane: {e}"))?;
     let members: std::collections::BTreeMap<u64, BasicNode> =
         config.cluster.peers.iter().map(|p| (p.id as u64, BasicNode { addr: p.raft.clone() })).collect();
-    match futures_executor_block_on(cp.initialize(members)) {
+    match block_on_reply(cp.initialize(members)) {
         Some(Ok(())) => info!("initialized a new cluster"),
         Some(Err(e)) => tracing::debug!(error = %e, "cluster already initialized"),
         None => anyhow::bail!("control plane stopped while starting"),
@@ -316,7 +316,7 @@ fn start_control_plane(config: &BrokerConfig) -> anyhow::Result<ControlPlane> {
 }
 
 /// Waits for a control-plane reply from this (non-executor) thread.
-fn futures_executor_block_on<T>(rx: futures_channel::oneshot::Receiver<T>) -> Option<T> {
+fn block_on_reply<T>(rx: futures_channel::oneshot::Receiver<T>) -> Option<T> {
     futures_lite::future::block_on(rx).ok()
 }
 
