@@ -303,7 +303,8 @@ fn start_control_plane(config: &BrokerConfig) -> anyhow::Result<ControlPlane> {
         .map_err(|e| anyhow::anyhow!("raft address {raft}: {e}"))?
         .next()
         .ok_or_else(|| anyhow::anyhow!("raft address {raft} resolves to nothing"))?;
-    let cfg = ControlPlaneConfig::new(config.node_id as u64, config.data_dir.join("__raft"), rpc_addr);
+    let mut cfg = ControlPlaneConfig::new(config.node_id as u64, config.data_dir.join("__raft"), rpc_addr);
+    cfg.peer_addrs = config.cluster.peers.iter().map(|p| (p.id as u64, p.raft.clone())).collect();
     let cp = ControlPlane::start(cfg).map_err(|e| anyhow::anyhow!("cluster control plane: {e}"))?;
     let members: std::collections::BTreeMap<u64, BasicNode> =
         config.cluster.peers.iter().map(|p| (p.id as u64, BasicNode { addr: p.raft.clone() })).collect();

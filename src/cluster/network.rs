@@ -183,13 +183,17 @@ async fn serve_connection(mut stream: TcpStream, raft: &Raft<TypeConfig>) -> Res
 /// Makes [`PeerClient`]s for openraft.
 pub struct PeerClients {
     pub acks: PeerAcks,
+    /// This node's own address book (its configuration): the membership records the addresses the
+    /// initializing node was given, which need not be how this node reaches its peers.
+    pub addrs: std::collections::BTreeMap<NodeId, String>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerClients {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        PeerClient { target, addr: node.addr.clone(), conn: None, acks: self.acks.clone() }
+        let addr = self.addrs.get(&target).cloned().unwrap_or_else(|| node.addr.clone());
+        PeerClient { target, addr, conn: None, acks: self.acks.clone() }
     }
 }
 

@@ -43,6 +43,9 @@ pub struct ControlPlaneConfig {
     pub logs_kept_after_snapshot: u64,
     /// Requests queued to the control-plane thread; more are refused with [`ControlPlaneError::Busy`].
     pub max_pending_requests: usize,
+    /// Where this node reaches each peer's Raft listener, by node id (its own configuration);
+    /// peers not listed are reached at the address the membership records.
+    pub peer_addrs: BTreeMap<NodeId, String>,
 }
 
 impl ControlPlaneConfig {
@@ -58,6 +61,7 @@ impl ControlPlaneConfig {
             snapshot_after_entries: 1000,
             logs_kept_after_snapshot: 100,
             max_pending_requests: 1024,
+            peer_addrs: BTreeMap::new(),
         }
     }
 }
@@ -157,7 +161,8 @@ impl ControlPlane {
         let node_id = config.node_id;
         let sm = state_machine.clone();
         let peer_acks: PeerAcks = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
-        let network = PeerClients { acks: peer_acks.clone() };
+        let network = PeerClients { acks: peer_acks.clone(), addrs: config.peer_addrs.clone() };
+        let addrs = Arc::new(config.peer_addrs.clone());
         let thread = std::thread::Builder::new()
             .name(format!("raft-{node_id}"))
             .spawn(move || {
@@ -186,7 +191,7 @@ impl ControlPlane {
                     if started_tx.send(Ok(raft.metrics())).is_err() {
                         return;
                     }
-                    run(raft, listener, inbox).await;
+                    run(raft, listener, inbox, addrs).await;
                 });
             })
             .map_err(|e| ControlPlaneError::Start(format!("spawning thread: {e}")))?;
@@ -324,10 +329,15 @@ impl Drop for ControlPlane {
 }
 
 /// The control-plane thread: serve RPCs and requests until the handle goes away.
-async fn run(raft: Raft<TypeConfig>, listener: tokio::net::TcpListener, mut inbox: mpsc::Receiver<Request>) {
+async fn run(
+    raft: Raft<TypeConfig>,
+    listener: tokio::net::TcpListener,
+    mut inbox: mpsc::Receiver<Request>,
+    addrs: Arc<BTreeMap<NodeId, String>>,
+) {
     let server = tokio::spawn(network::serve(listener, raft.clone()));
     while let Some(request) = inbox.recv().await {
-        tokio::spawn(handle(raft.clone(), request));
+        tokio::spawn(handle(raft.clone(), request, addrs.clone()));
     }
     server.abort();
     if let Err(e) = raft.shutdown().await {
@@ -336,7 +346,7 @@ async fn run(raft: Raft<TypeConfig>, listener: tokio::net::TcpListener, mut inbo
     tracing::info!("raft control plane stopped");
 }
 
-async fn handle(raft: Raft<TypeConfig>, request: Request) {
+async fn handle(raft: Raft<TypeConfig>, request: Request, addrs: Arc<BTreeMap<NodeId, String>>) {
     // Replies to callers that gave up are dropped: nothing to do about them.
     match request {
         Request::Initialize { members, reply } => {
@@ -357,7 +367,7 @@ async fn handle(raft: Raft<TypeConfig>, request: Request) {
             let _ = reply.send(r);
         }
         Request::Propose { cmd, timeout, reply } => {
-            let _ = reply.send(propose(&raft, cmd, timeout).await);
+            let _ = reply.send(propose(&raft, cmd, timeout, &addrs).await);
         }
         Request::Wait { until, what, timeout, reply } => {
             let r = raft.wait(Some(timeout)).metrics(|m| until(m), &what).await;
@@ -375,6 +385,7 @@ async fn propose(
     raft: &Raft<TypeConfig>,
     cmd: ClusterCommand,
     timeout: Duration,
+    addrs: &BTreeMap<NodeId, String>,
 ) -> Result<WriteOutcome, ControlPlaneError> {
     const RETRY: Duration = Duration::from_millis(50);
     let deadline = tokio::time::Instant::now() + timeout;
@@ -385,7 +396,13 @@ async fn propose(
             Err(_) => break,
             Ok(Ok(resp)) => return Ok(WriteOutcome { log_index: resp.log_id.index, result: resp.data }),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => match f.leader_node {
-                Some(node) => match network::forward_write(&node.addr, &cmd, left).await {
+                Some(node) => match network::forward_write(
+                    f.leader_id.and_then(|id| addrs.get(&id)).unwrap_or(&node.addr),
+                    &cmd,
+                    left,
+                )
+                .await
+                {
                     Ok(Ok((log_index, result))) => return Ok(WriteOutcome { log_index, result }),
                     Ok(Err(e)) => last = format!("leader {:?}: {e}", f.leader_id),
                     Err(e) => last = format!("leader {:?}: {e}", f.leader_id),

@@ -84,12 +84,14 @@ struct Connection {
 
 async fn connect(shard: &Shard, leader: i32) -> Result<Connection, ConnError> {
     let catalog = shard.catalog();
-    let addr = catalog
-        .cluster
-        .as_ref()
-        .and_then(|v| v.state.brokers.get(&leader))
-        .map(|b| b.replication_addr.clone())
-        .ok_or_else(|| ConnError::Unexpected(format!("broker {leader} has no registered replication address")))?;
+    // This broker's own configuration says how it reaches its peers; the registered address is the
+    // fallback (a broker not in the configured peer list).
+    let configured = shard.config.cluster.peer(leader).map(|p| p.replication.clone());
+    let registered =
+        catalog.cluster.as_ref().and_then(|v| v.state.brokers.get(&leader)).map(|b| b.replication_addr.clone());
+    let addr = configured
+        .or(registered)
+        .ok_or_else(|| ConnError::Unexpected(format!("broker {leader} has no replication address")))?;
     let stream = glommio::timer::timeout(CONNECT_TIMEOUT, async {
         TcpStream::connect(addr.as_str()).await.map_err(|e| glommio::GlommioError::IoError(e.into()))
     })

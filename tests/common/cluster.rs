@@ -384,40 +384,7 @@ impl DevCluster {
 
     /// Metadata (all brokers, controller, and `topics`, or every topic if `None`) from node `id`.
     pub fn metadata_from(&self, id: i32, topics: Option<&[&str]>) -> Result<ClusterView, String> {
-        let request = MetadataRequest::default()
-            .with_topics(topics.map(|names| {
-                names.iter().map(|name| MetadataRequestTopic::default().with_name(Some(topic_name(name)))).collect()
-            }))
-            .with_allow_auto_topic_creation(false);
-        let response = call(self.kafka_addr(id), &request, METADATA_VERSION)?;
-        let mut brokers: Vec<(i32, String, i32)> =
-            response.brokers.iter().map(|b| (b.node_id.0, b.host.to_string(), b.port)).collect();
-        brokers.sort();
-        let topics = response
-            .topics
-            .iter()
-            .map(|t| {
-                let mut partitions: Vec<PartitionView> = t
-                    .partitions
-                    .iter()
-                    .map(|p| PartitionView {
-                        partition: p.partition_index,
-                        error_code: p.error_code,
-                        leader: p.leader_id.0,
-                        leader_epoch: p.leader_epoch,
-                        replicas: p.replica_nodes.iter().map(|b| b.0).collect(),
-                        isr: p.isr_nodes.iter().map(|b| b.0).collect(),
-                    })
-                    .collect();
-                partitions.sort_by_key(|p| p.partition);
-                TopicView {
-                    name: t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default(),
-                    error_code: t.error_code,
-                    partitions,
-                }
-            })
-            .collect();
-        Ok(ClusterView { answered_by: id, brokers, controller: response.controller_id.0, topics })
+        metadata_at(self.kafka_addr(id), id, topics)
     }
 
     /// Metadata from the controller if the first running node that answers names a running one, else
@@ -721,6 +688,44 @@ fn node_index(id: i32) -> usize {
 
 fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
+}
+
+/// Metadata from the broker at `addr` (node `id`), for `topics` (None: all).
+pub fn metadata_at(addr: SocketAddr, id: i32, topics: Option<&[&str]>) -> Result<ClusterView, String> {
+    let request = MetadataRequest::default()
+        .with_topics(topics.map(|names| {
+            names.iter().map(|name| MetadataRequestTopic::default().with_name(Some(topic_name(name)))).collect()
+        }))
+        .with_allow_auto_topic_creation(false);
+    let response = call(addr, &request, METADATA_VERSION)?;
+    let mut brokers: Vec<(i32, String, i32)> =
+        response.brokers.iter().map(|b| (b.node_id.0, b.host.to_string(), b.port)).collect();
+    brokers.sort();
+    let topics = response
+        .topics
+        .iter()
+        .map(|t| {
+            let mut partitions: Vec<PartitionView> = t
+                .partitions
+                .iter()
+                .map(|p| PartitionView {
+                    partition: p.partition_index,
+                    error_code: p.error_code,
+                    leader: p.leader_id.0,
+                    leader_epoch: p.leader_epoch,
+                    replicas: p.replica_nodes.iter().map(|b| b.0).collect(),
+                    isr: p.isr_nodes.iter().map(|b| b.0).collect(),
+                })
+                .collect();
+            partitions.sort_by_key(|p| p.partition);
+            TopicView {
+                name: t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default(),
+                error_code: t.error_code,
+                partitions,
+            }
+        })
+        .collect();
+    Ok(ClusterView { answered_by: id, brokers, controller: response.controller_id.0, topics })
 }
 
 /// One request on a fresh connection and its whole answer, decoded; any failure as text.
