@@ -96,11 +96,48 @@ pub fn parse_header(b: &[u8]) -> Result<BatchInfo, BatchError> {
 /// Splits a Produce request's records into validated batches: header sane, CRC32C right, record
 /// count consistent with the last offset delta, size within `max_batch_bytes`.
 pub fn split_and_validate(records: &Bytes, max_batch_bytes: usize) -> Result<Vec<(BatchInfo, Bytes)>, BatchError> {
-    let mut out = Vec::new();
-    let mut at = 0usize;
     if records.is_empty() {
         return Err(BatchError::Corrupt("empty records".into()));
     }
+    split(records, max_batch_bytes, |info| {
+        if info.records_count < 1 || info.last_offset_delta != info.records_count - 1 {
+            return Err(BatchError::Corrupt(format!(
+                "record count {} does not match last offset delta {}",
+                info.records_count, info.last_offset_delta
+            )));
+        }
+        Ok(())
+    })
+}
+
+/// The partition leader epoch written in a stored batch's header (bytes 12..16).
+pub fn partition_leader_epoch(b: &[u8]) -> Option<i32> {
+    (b.len() >= HEADER_LEN).then(|| be_i32(b, 12))
+}
+
+/// Splits batches copied from a leader: each header sane and its CRC32C right. Unlike produce, the
+/// record count may be below the offsets a batch spans (compaction removed records from it).
+pub fn split_replicated(records: &Bytes) -> Result<Vec<(BatchInfo, Bytes)>, BatchError> {
+    split(records, usize::MAX, |info| {
+        if info.last_offset_delta < 0 || info.base_offset < 0 {
+            return Err(BatchError::Corrupt(format!(
+                "batch at {}: last offset delta {}",
+                info.base_offset, info.last_offset_delta
+            )));
+        }
+        Ok(())
+    })
+}
+
+/// Splits concatenated batches: each header parsed, its claimed size present and within
+/// `max_batch_bytes`, its CRC32C right, then `check` (in that order, batch by batch).
+fn split(
+    records: &Bytes,
+    max_batch_bytes: usize,
+    check: impl Fn(&BatchInfo) -> Result<(), BatchError>,
+) -> Result<Vec<(BatchInfo, Bytes)>, BatchError> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
     while at < records.len() {
         let info = parse_header(&records[at..])?;
         if info.size > records.len() - at {
@@ -121,45 +158,7 @@ pub fn split_and_validate(records: &Bytes, max_batch_bytes: usize) -> Result<Vec
                 info.crc
             )));
         }
-        if info.records_count < 1 || info.last_offset_delta != info.records_count - 1 {
-            return Err(BatchError::Corrupt(format!(
-                "record count {} does not match last offset delta {}",
-                info.records_count, info.last_offset_delta
-            )));
-        }
-        out.push((info, bytes));
-        at += info.size;
-    }
-    Ok(out)
-}
-
-/// The partition leader epoch written in a stored batch's header (bytes 12..16).
-pub fn partition_leader_epoch(b: &[u8]) -> Option<i32> {
-    (b.len() >= HEADER_LEN).then(|| be_i32(b, 12))
-}
-
-/// Splits batches copied from a leader: each header sane and its CRC32C right. Unlike produce, the
-/// record count may be below the offsets a batch spans (compaction removed records from it).
-pub fn split_replicated(records: &Bytes) -> Result<Vec<(BatchInfo, Bytes)>, BatchError> {
-    let mut out = Vec::new();
-    let mut at = 0usize;
-    while at < records.len() {
-        let info = parse_header(&records[at..])?;
-        if info.size > records.len() - at {
-            return Err(BatchError::Corrupt(format!(
-                "batch claims {} bytes but only {} remain",
-                info.size,
-                records.len() - at
-            )));
-        }
-        let bytes = records.slice(at..at + info.size);
-        let crc = crc32c::crc32c(&bytes[CRC_START..]);
-        if crc != info.crc || info.last_offset_delta < 0 || info.base_offset < 0 {
-            return Err(BatchError::Corrupt(format!(
-                "batch at {}: CRC32C {crc:#010x} vs {:#010x}, last offset delta {}",
-                info.base_offset, info.crc, info.last_offset_delta
-            )));
-        }
+        check(&info)?;
         out.push((info, bytes));
         at += info.size;
     }
