@@ -23,6 +23,7 @@ pub mod replica;
 pub mod replication;
 pub mod server;
 pub mod shard;
+pub mod socket_write;
 pub mod startup_log;
 pub mod topics;
 pub mod tune;

@@ -81,29 +81,6 @@ async fn read_frame<R: futures_lite::AsyncRead + Unpin>(r: &mut R, max: usize) -
     Ok(buf.freeze())
 }
 
-async fn write_chunks<W: futures_lite::AsyncWrite + Unpin>(w: &mut W, chunks: Vec<Chunk>) -> std::io::Result<()> {
-    let mut small = BytesMut::new();
-    for c in chunks {
-        if c.len() < COALESCE_BYTES {
-            small.extend_from_slice(c.bytes());
-            if small.len() >= COALESCE_BYTES {
-                w.write_all(&small).await?;
-                small.clear();
-            }
-        } else {
-            if !small.is_empty() {
-                w.write_all(&small).await?;
-                small.clear();
-            }
-            w.write_all(c.bytes()).await?;
-        }
-    }
-    if !small.is_empty() {
-        w.write_all(&small).await?;
-    }
-    w.flush().await
-}
-
 /// Serves one client connection until it closes, misbehaves, or the broker shuts down.
 pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -120,7 +97,13 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
                 Some(Outcome::Respond(chunks)) => {
                     let bytes: usize = chunks.iter().map(|c| c.len()).sum();
                     metrics.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
-                    if let Err(e) = write_chunks(&mut writer, chunks).await {
+                    if let Err(e) = crate::socket_write::write_coalesced(
+                        &mut writer,
+                        chunks.iter().map(|c| c.bytes()),
+                        COALESCE_BYTES,
+                    )
+                    .await
+                    {
                         debug!(peer = %writer_peer, error = %e, "write failed");
                         break;
                     }

@@ -11,7 +11,7 @@
 pub mod fetcher;
 pub mod server;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncReadExt;
 
 use crate::replication::{encode_head, Frame, FrameDecoder, Message, WireError};
 
@@ -63,27 +63,7 @@ pub async fn write_frame<W: futures_lite::AsyncWrite + Unpin, B: AsRef<[u8]>>(
     raw: &[B],
 ) -> Result<(), ConnError> {
     let head = encode_head(correlation_id, msg, raw)?;
-    let mut small = Vec::with_capacity(COALESCE_BYTES);
-    small.extend_from_slice(&head);
-    for piece in raw {
-        let piece = piece.as_ref();
-        if piece.len() < COALESCE_BYTES {
-            small.extend_from_slice(piece);
-            if small.len() >= COALESCE_BYTES {
-                w.write_all(&small).await?;
-                small.clear();
-            }
-        } else {
-            if !small.is_empty() {
-                w.write_all(&small).await?;
-                small.clear();
-            }
-            w.write_all(piece).await?;
-        }
-    }
-    if !small.is_empty() {
-        w.write_all(&small).await?;
-    }
-    w.flush().await?;
+    let pieces = std::iter::once(&head[..]).chain(raw.iter().map(|p| p.as_ref()));
+    crate::socket_write::write_coalesced(w, pieces, COALESCE_BYTES).await?;
     Ok(())
 }
