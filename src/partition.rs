@@ -191,6 +191,15 @@ impl Partition {
         }
     }
 
+    /// The leader and leader epoch this replica follows, when it follows (without copying a
+    /// leader's follower table, as `role` would).
+    pub fn following(&self) -> Option<(BrokerId, i32)> {
+        match &*self.role.borrow() {
+            Role::Follower { leader, leader_epoch } => Some((*leader, *leader_epoch)),
+            _ => None,
+        }
+    }
+
     pub fn role(&self) -> Role {
         self.role.borrow().clone()
     }

@@ -15,7 +15,7 @@ use kafka_protocol::error::ResponseError;
 use tracing::{debug, info, warn};
 
 use super::{read_frame, write_frame, ConnError};
-use crate::partition::{Partition, Role};
+use crate::partition::Partition;
 use crate::replication::{
     FetchPartition, FetchedPartition, FrameDecoder, Hello, Message, ReplicaFetch, MAX_FRAME_BYTES, NO_ERROR,
 };
@@ -34,14 +34,8 @@ pub fn start(shard: &Rc<Shard>) {
         let running: Rc<RefCell<HashSet<i32>>> = Rc::new(RefCell::new(HashSet::new()));
         while !shard.shutting_down.get() {
             let listener = shard.followers_changed.listen();
-            let leaders: HashSet<i32> = shard
-                .local_partitions()
-                .iter()
-                .filter_map(|p| match p.role() {
-                    Role::Follower { leader, .. } => Some(leader),
-                    _ => None,
-                })
-                .collect();
+            let leaders: HashSet<i32> =
+                shard.local_partitions().iter().filter_map(|p| p.following().map(|(leader, _)| leader)).collect();
             for leader in leaders {
                 if running.borrow_mut().insert(leader) {
                     let (s, r) = (shard.clone(), running.clone());
@@ -66,8 +60,8 @@ fn followed(shard: &Shard, leader: i32) -> Vec<(Rc<Partition>, [u8; 16], i32)> {
     shard
         .local_partitions()
         .into_iter()
-        .filter_map(|p| match p.role() {
-            Role::Follower { leader: l, leader_epoch } if l == leader => {
+        .filter_map(|p| match p.following() {
+            Some((l, leader_epoch)) if l == leader => {
                 let id = catalog.topics.get(&p.topic)?.id;
                 Some((p, id, leader_epoch))
             }
@@ -201,8 +195,7 @@ async fn fetch_from(shard: &Rc<Shard>, leader: i32) {
                 continue;
             };
             // The partition may have changed role while the fetch was out.
-            if !matches!(p.role(), Role::Follower { leader: l, leader_epoch } if l == leader && leader_epoch == *epoch)
-            {
+            if p.following() != Some((leader, *epoch)) {
                 continue;
             }
             if let Err(e) = apply(p, &f, &records).await {
