@@ -365,9 +365,6 @@ fn api_versions_round_trip(addr: SocketAddr) -> Result<(), String> {
     const API_KEY_API_VERSIONS: i16 = 18;
     const CORRELATION_ID: i32 = 0x5_1ce;
     const CLIENT_ID: &[u8] = b"sluice-dev-cluster";
-    let mut stream = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
-    stream.set_read_timeout(Some(PROBE_TIMEOUT)).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(PROBE_TIMEOUT)).map_err(|e| e.to_string())?;
     // Request header v1 (api key, version 0, correlation id, client id), no body.
     let mut body = Vec::with_capacity(32);
     body.extend_from_slice(&API_KEY_API_VERSIONS.to_be_bytes());
@@ -375,17 +372,7 @@ fn api_versions_round_trip(addr: SocketAddr) -> Result<(), String> {
     body.extend_from_slice(&CORRELATION_ID.to_be_bytes());
     body.extend_from_slice(&(CLIENT_ID.len() as i16).to_be_bytes());
     body.extend_from_slice(CLIENT_ID);
-    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    stream.write_all(&frame).map_err(|e| format!("send: {e}"))?;
-    let mut size = [0u8; 4];
-    stream.read_exact(&mut size).map_err(|e| format!("read: {e}"))?;
-    let size = u32::from_be_bytes(size) as usize;
-    if !(6..=MAX_PROBE_RESPONSE_BYTES).contains(&size) {
-        return Err(format!("response frame of {size} bytes"));
-    }
-    let mut response = vec![0u8; size];
-    stream.read_exact(&mut response).map_err(|e| format!("read: {e}"))?;
+    let response = probe_exchange(addr, &body, 6)?;
     let correlation = i32::from_be_bytes([response[0], response[1], response[2], response[3]]);
     let error_code = i16::from_be_bytes([response[4], response[5]]);
     match (correlation, error_code) {
@@ -395,15 +382,32 @@ fn api_versions_round_trip(addr: SocketAddr) -> Result<(), String> {
     }
 }
 
+/// Sends one size-prefixed request `body` on a fresh connection and reads the whole answer (its size
+/// at least `min_size`, at most `MAX_PROBE_RESPONSE_BYTES`), each step within `PROBE_TIMEOUT`.
+fn probe_exchange(addr: SocketAddr, body: &[u8], min_size: usize) -> Result<Vec<u8>, String> {
+    let mut stream = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(PROBE_TIMEOUT)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(PROBE_TIMEOUT)).map_err(|e| e.to_string())?;
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(body);
+    stream.write_all(&frame).map_err(|e| format!("send: {e}"))?;
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).map_err(|e| format!("read: {e}"))?;
+    let size = u32::from_be_bytes(size) as usize;
+    if !(min_size..=MAX_PROBE_RESPONSE_BYTES).contains(&size) {
+        return Err(format!("response frame of {size} bytes"));
+    }
+    let mut response = vec![0u8; size];
+    stream.read_exact(&mut response).map_err(|e| format!("read: {e}"))?;
+    Ok(response)
+}
+
 /// One Metadata v1 request (no topics): the number of brokers listed and the controller id.
 fn metadata_round_trip(addr: SocketAddr) -> Result<(usize, i32), String> {
     use kafka_protocol::messages::{MetadataRequest, MetadataResponse, RequestHeader};
     use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
     const API_KEY_METADATA: i16 = 3;
     const CORRELATION_ID: i32 = 0x5_1cf;
-    let mut stream = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
-    stream.set_read_timeout(Some(PROBE_TIMEOUT)).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(PROBE_TIMEOUT)).map_err(|e| e.to_string())?;
     let header = RequestHeader::default()
         .with_request_api_key(API_KEY_METADATA)
         .with_request_api_version(1)
@@ -412,18 +416,7 @@ fn metadata_round_trip(addr: SocketAddr) -> Result<(usize, i32), String> {
     let mut body = bytes::BytesMut::new();
     header.encode(&mut body, 1).map_err(|e| e.to_string())?;
     MetadataRequest::default().with_topics(Some(Vec::new())).encode(&mut body, 1).map_err(|e| e.to_string())?;
-    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    stream.write_all(&frame).map_err(|e| format!("send: {e}"))?;
-    let mut size = [0u8; 4];
-    stream.read_exact(&mut size).map_err(|e| format!("read: {e}"))?;
-    let size = u32::from_be_bytes(size) as usize;
-    if !(4..=MAX_PROBE_RESPONSE_BYTES).contains(&size) {
-        return Err(format!("response frame of {size} bytes"));
-    }
-    let mut response = vec![0u8; size];
-    stream.read_exact(&mut response).map_err(|e| format!("read: {e}"))?;
-    let mut buf = bytes::Bytes::from(response);
+    let mut buf = bytes::Bytes::from(probe_exchange(addr, &body, 4)?);
     let correlation = buf.get_i32();
     if correlation != CORRELATION_ID {
         return Err(format!("correlation id {correlation}, expected {CORRELATION_ID}"));
