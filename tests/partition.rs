@@ -18,13 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use futures_executor::block_on;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{CreateTopicsRequest, ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -32,7 +30,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use common::cluster::{call, metadata_at, temp_dir, PartitionView};
-use common::{drop_within, free_port, now_ms, unique_topic};
+use common::{drop_within, free_port, plain_batch, unique_topic};
 
 const BROKERS: usize = 3;
 /// How long the brokers have to start and agree on a controller.
@@ -243,39 +241,12 @@ fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
 }
 
-/// A RecordBatch v2 of `values` (no producer id).
-fn batch(values: &[String]) -> Bytes {
-    let records: Vec<Record> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: -1,
-            timestamp: now_ms(),
-            key: None,
-            value: Some(Bytes::from(v.clone())),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
-    RecordBatchEncoder::encode(&mut buf, &records, &options).expect("encode record batch");
-    buf.freeze()
-}
-
 /// One Produce request straight to `addr`: its partition error code.
 fn raw_produce(addr: SocketAddr, topic: &str, acks: i16, values: &[String]) -> i16 {
     let request =
         ProduceRequest::default().with_acks(acks).with_timeout_ms(STALE_PRODUCE_TIMEOUT_MS).with_topic_data(vec![
             TopicProduceData::default().with_name(topic_name(topic)).with_partition_data(vec![
-                PartitionProduceData::default().with_index(0).with_records(Some(batch(values))),
+                PartitionProduceData::default().with_index(0).with_records(Some(plain_batch(values))),
             ]),
         ]);
     let response = call(addr, &request, 9).expect("Produce answered");

@@ -30,13 +30,11 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use futures_executor::block_on;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -45,7 +43,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use common::cluster::{self, temp_dir, DevCluster, NodeState, BROKERS, ERROR_INVALID_REPLICATION_FACTOR};
-use common::{drop_within, now_ms, unique_topic};
+use common::{drop_within, plain_batch, unique_topic};
 
 /// How long the controller has to notice a dead leader and name a new one (the target is under 3 s;
 /// the slack is for two loaded cores).
@@ -240,29 +238,6 @@ fn topic_name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
 }
 
-/// One record in a RecordBatch v2 (no producer id).
-fn one_record_batch(value: &str) -> Bytes {
-    let record = Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp: now_ms(),
-        key: None,
-        value: Some(Bytes::from(value.to_string())),
-        headers: Default::default(),
-    };
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
-    RecordBatchEncoder::encode(&mut buf, &[record], &options).expect("encode record batch");
-    buf.freeze()
-}
-
 /// Produce (acks=all) one record to `node`: the partition's error code.
 fn raw_produce_error(cluster: &DevCluster, node: i32, topic: &str, partition: i32) -> i16 {
     let request =
@@ -270,7 +245,7 @@ fn raw_produce_error(cluster: &DevCluster, node: i32, topic: &str, partition: i3
             TopicProduceData::default().with_name(topic_name(topic)).with_partition_data(vec![
                 PartitionProduceData::default()
                     .with_index(partition)
-                    .with_records(Some(one_record_batch("to-a-non-leader"))),
+                    .with_records(Some(plain_batch(&["to-a-non-leader".to_string()]))),
             ]),
         ]);
     let response = cluster::call(cluster.kafka_addr(node), &request, PRODUCE_VERSION)

@@ -684,3 +684,33 @@ impl Broker {
 // Multi-broker clusters (tests/dev_cluster.rs, tests/replication.rs).
 
 pub mod cluster;
+
+/// A RecordBatch v2 of `values`, uncompressed, without producer id or keys.
+pub fn plain_batch(values: &[String]) -> bytes::Bytes {
+    let records: Vec<kafka_protocol::records::Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| kafka_protocol::records::Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: kafka_protocol::records::TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1,
+            timestamp: now_ms(),
+            key: None,
+            value: Some(bytes::Bytes::from(v.clone())),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    let options = kafka_protocol::records::RecordEncodeOptions {
+        version: 2,
+        compression: kafka_protocol::records::Compression::None,
+    };
+    kafka_protocol::records::RecordBatchEncoder::encode(&mut buf, &records, &options).expect("encode record batch");
+    buf.freeze()
+}
