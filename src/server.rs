@@ -240,11 +240,7 @@ async fn core_main(
     let open = Rc::new(Cell::new(0usize));
     let closed = Rc::new(Event::new());
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shard.wait_shutdown().await;
-            None
-        })
-        .await;
+        let accepted = shard.unless_shutdown(listener.accept()).await;
         let stream = match accepted {
             None => break,
             Some(Ok(s)) => s,
@@ -323,15 +319,5 @@ fn block_on_reply<T>(rx: futures_channel::oneshot::Receiver<T>) -> Option<T> {
 
 /// Sleeps `ms`, or less if shutdown begins; true when it did.
 async fn sleep_unless_shutdown(shard: &Shard, ms: u64) -> bool {
-    futures_lite::future::or(
-        async {
-            glommio::timer::sleep(Duration::from_millis(ms)).await;
-            false
-        },
-        async {
-            shard.wait_shutdown().await;
-            true
-        },
-    )
-    .await
+    shard.unless_shutdown(glommio::timer::sleep(Duration::from_millis(ms))).await.is_none()
 }

@@ -306,6 +306,15 @@ impl Shard {
         }
     }
 
+    /// Runs `work` until it finishes (`Some` of its output) or shutdown begins (`None`).
+    pub async fn unless_shutdown<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        futures_lite::future::or(async { Some(work.await) }, async {
+            self.wait_shutdown().await;
+            None
+        })
+        .await
+    }
+
     /// Stops accepting work: the accept loop and idle connections end.
     pub fn begin_shutdown(&self) {
         self.shutting_down.set(true);

@@ -47,11 +47,7 @@ pub async fn listen(shard: Rc<Shard>, addr: String) -> anyhow::Result<()> {
     }
     let open = Rc::new(std::cell::Cell::new(0usize));
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shard.wait_shutdown().await;
-            None
-        })
-        .await;
+        let accepted = shard.unless_shutdown(listener.accept()).await;
         let stream = match accepted {
             None => return Ok(()),
             Some(Ok(s)) => s,
