@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 use sluice::config::{BrokerConfig, TopicSettings};
-use sluice::kafka::record_batch;
+use sluice::record::batch as record_batch;
 use sluice_io::Log;
 
 const RECORDS_PER_BATCH: usize = 16;

@@ -59,7 +59,7 @@ fn dedup(c: &mut Criterion) {
         )
     });
     let template = batch(-1, 0);
-    assert_eq!(sluice::kafka::record_batch::split_and_validate(&template, 1 << 20).expect("valid").len(), 1);
+    sluice::record::batch::produced_batch(&template, 1 << 20).expect("one valid batch");
     let mut next_seq = 0i32;
     let mut g = c.benchmark_group("dedup");
     g.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(5));

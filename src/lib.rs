@@ -19,6 +19,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod partition;
 pub mod producer_state;
+pub mod record;
 pub mod replica;
 pub mod replication;
 pub mod server;

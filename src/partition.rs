@@ -20,13 +20,16 @@ use sluice_io::{Admission, Log, StoredBatch};
 use tracing::{info, warn};
 
 use crate::config::TopicSettings;
-use crate::kafka::record_batch::{self, BatchError, BatchInfo};
 use crate::producer_state::{ProducerStates, Refusal};
+use crate::record::batch::{self as record_batch, BatchError, BatchInfo};
+use crate::record::validate::{BatchCheck, Rules};
 use crate::replication::progress::{BrokerId, LeaderState};
 use crate::replication::{EpochEndOffset, UNDEFINED_EPOCH};
 
 /// Leader epoch stamped into stored batches on a single node.
 pub const LEADER_EPOCH: i32 = 0;
+/// Bytes of a produced batch's records checked between yields to the executor.
+const RECORD_CHECK_STEP_BYTES: usize = 256 << 10;
 
 /// This partition's part in replication.
 #[derive(Debug, Clone)]
@@ -94,6 +97,8 @@ impl From<BatchError> for PartitionError {
             BatchError::Corrupt(_) => ResponseError::CorruptMessage,
             BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
             BatchError::TooLarge { .. } => ResponseError::MessageTooLarge,
+            BatchError::InvalidRecord(_) => ResponseError::InvalidRecord,
+            BatchError::InvalidTxnState(_) => ResponseError::InvalidTxnState,
         };
         PartitionError { code, message: e.to_string() }
     }
@@ -530,34 +535,27 @@ impl Partition {
                 format!("{} in-sync replicas, min.insync.replicas is {min_isr}", isr_size()),
             ));
         }
+        let (info, bytes) = record_batch::produced_batch(records, self.settings.borrow().max_message_bytes)?;
+        self.check_records(&bytes, &info).await?;
+        // The check may have yielded: leadership may have moved meanwhile.
+        self.check_leader()?;
         let epoch = self.leader_epoch().unwrap_or(LEADER_EPOCH);
-        let batches = record_batch::split_and_validate(records, self.settings.borrow().max_message_bytes)?;
-        if self.settings.borrow().compacts() {
-            for (info, bytes) in &batches {
-                crate::compaction::records::check_keys(bytes, info)
-                    .map_err(|m| PartitionError::new(ResponseError::InvalidRecord, m))?;
-            }
-        }
-        let mut first = None;
-        let mut end = 0u64;
-        for (info, bytes) in batches {
-            let base = if info.producer_id >= 0 && info.base_sequence >= 0 {
-                self.append_idempotent(&info, &bytes, epoch).await?
-            } else {
-                let appended = self
-                    .log
-                    .append_with(info.offset_count(), info.max_timestamp, |base| {
-                        let (stamped, crc) = record_batch::stamp(&bytes, &info, base, epoch);
-                        (stamped, Some(crc))
-                    })
-                    .await?;
-                appended.base_offset as i64
-            };
-            first.get_or_insert(base);
-            end = end.max(base as u64 + u64::from(info.offset_count()));
-            let (records, bytes) = self.appended.get();
-            self.appended.set((records + info.records_count.max(0) as u64, bytes + info.size as u64));
-        }
+        let base = if info.producer_id >= 0 && info.base_sequence >= 0 {
+            self.append_idempotent(&info, &bytes, epoch).await?
+        } else {
+            let appended = self
+                .log
+                .append_with(info.offset_count(), info.max_timestamp, |base| {
+                    let (stamped, crc) = record_batch::stamp(&bytes, &info, base, epoch);
+                    (stamped, Some(crc))
+                })
+                .await?;
+            appended.base_offset as i64
+        };
+        let end = base as u64 + u64::from(info.offset_count());
+        debug_assert!(end <= self.log.next_offset(), "appended batch ends at {end}, past the log end");
+        let (count, size) = self.appended.get();
+        self.appended.set((count + info.records_count.max(0) as u64, size + info.size as u64));
         self.log_grew.notify(usize::MAX);
         let standalone = matches!(&*self.role.borrow(), Role::Standalone);
         if standalone {
@@ -574,7 +572,18 @@ impl Partition {
                 }
             }
         }
-        Ok(Produced { base_offset: first.expect("at least one batch"), log_start_offset: self.log_start_offset() })
+        Ok(Produced { base_offset: base, log_start_offset: self.log_start_offset() })
+    }
+
+    /// Walks every record of a produced batch (`record::validate`) before anything is written,
+    /// yielding between steps so a large or highly compressed batch does not hold the core.
+    async fn check_records(&self, bytes: &Bytes, info: &BatchInfo) -> Result<(), PartitionError> {
+        let rules = Rules { keys_required: self.settings.borrow().compacts(), ..Rules::default() };
+        let mut check = BatchCheck::new(bytes, info, rules)?;
+        while !check.advance(RECORD_CHECK_STEP_BYTES)? {
+            glommio::yield_if_needed().await;
+        }
+        Ok(())
     }
 
     /// Appends a batch of an idempotent producer, unless it is a duplicate (then the original's

@@ -19,7 +19,6 @@
 //! Kafka-specific knowledge lives here and in `records`; the storage engine only swaps segments.
 
 pub mod offset_map;
-pub mod records;
 
 use std::ops::Range;
 use std::path::Path;
@@ -30,7 +29,8 @@ use sluice_io::{Log, SealedSegment};
 use tracing::{debug, info, warn};
 
 use crate::config::TopicSettings;
-use crate::kafka::record_batch::{self, BatchError};
+use crate::record::batch::{self as record_batch, BatchError};
+use crate::record::records;
 use offset_map::OffsetMap;
 
 /// Cleaner checkpoint file in the partition directory: where the dirty part starts.

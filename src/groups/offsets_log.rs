@@ -116,7 +116,9 @@ pub fn encode_batch(records: &[OffsetRecord], now_ms: i64) -> anyhow::Result<Byt
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // kafka-protocol's encoder starts a new batch whenever offset - sequence changes; one
+            // batch per commit (a produce holds exactly one), base sequence -1 (no producer id).
+            sequence: i as i32 - 1,
             timestamp: now_ms,
             key: Some(encode_key(&r.group, &r.topic, r.partition)),
             value: r.value.as_ref().map(encode_value),
@@ -128,11 +130,17 @@ pub fn encode_batch(records: &[OffsetRecord], now_ms: i64) -> anyhow::Result<Byt
     Ok(buf.freeze())
 }
 
-/// Decodes every offset record in concatenated stored batches.
+/// Decodes every offset record in concatenated stored batches. The coordinator writes them
+/// uncompressed (and clients cannot produce to this topic), so a compressed batch is refused
+/// rather than handed to a decoder that would expand it without bound.
 pub fn decode_batches(bytes: Bytes) -> anyhow::Result<Vec<OffsetRecord>> {
     let mut buf = bytes;
     let mut out = Vec::new();
     while buf.has_remaining() {
+        let info = crate::record::batch::parse_header(&buf)?;
+        if info.compression() != 0 {
+            anyhow::bail!("compressed batch at offset {} in {OFFSETS_TOPIC}", info.base_offset);
+        }
         let set = RecordBatchDecoder::decode(&mut buf)?;
         for r in set.records {
             if let Some(key) = &r.key {

@@ -12,7 +12,6 @@ pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
 pub mod producer_ids;
-pub mod record_batch;
 pub mod response;
 
 use std::rc::Rc;
@@ -187,7 +186,7 @@ async fn handle_frame(shard: &Rc<Shard>, mut frame: Bytes, peer: &str) -> Outcom
         RequestKind::Metadata(r) => (ResponseKind::Metadata(metadata::handle(shard, r, version).await), Vec::new()),
         RequestKind::Produce(r) => {
             let silent = r.acks == 0;
-            let resp = produce::handle(shard, r).await;
+            let resp = produce::handle(shard, r, version).await;
             if silent {
                 return Outcome::Silent;
             }

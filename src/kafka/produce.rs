@@ -10,10 +10,18 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use crate::groups::offsets_log::OFFSETS_TOPIC;
 use crate::partition::{PartitionError, Produced};
 use crate::shard::{CoreReply, CoreRequest, Shard};
 
-pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest) -> ProduceResponse {
+/// Produce v7 is the first that may carry zstd batches (KIP-110): older clients cannot read them.
+const FIRST_ZSTD_VERSION: i16 = 7;
+/// Attributes codec id of zstd.
+const ZSTD_CODEC: u8 = 4;
+/// Byte of a batch's attributes that holds the codec bits.
+const ATTRIBUTES_LOW_BYTE: usize = 22;
+
+pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> ProduceResponse {
     let valid_acks = matches!(req.acks, -1..=1);
     let (acks, timeout) = (req.acks, Duration::from_millis(req.timeout_ms.max(0) as u64));
     let mut topics = Vec::with_capacity(req.topic_data.len());
@@ -27,9 +35,24 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest) -> ProduceResponse {
                 let index = p.index;
                 let result = if !valid_acks {
                     Err(PartitionError::new(ResponseError::InvalidRequiredAcks, "acks must be -1, 0 or 1"))
+                } else if topic == OFFSETS_TOPIC {
+                    // Kafka: only the group coordinator writes internal topics.
+                    Err(PartitionError::new(
+                        ResponseError::InvalidTopicException,
+                        format!("Cannot append to internal topic {topic}"),
+                    ))
                 } else {
                     match p.records {
                         None => Err(PartitionError::new(ResponseError::CorruptMessage, "null records")),
+                        Some(records)
+                            if version < FIRST_ZSTD_VERSION
+                                && records.get(ATTRIBUTES_LOW_BYTE).is_some_and(|a| a & 0x7 == ZSTD_CODEC) =>
+                        {
+                            Err(PartitionError::new(
+                                ResponseError::UnsupportedCompressionType,
+                                format!("Produce requests with version {version} must not use ZStandard compression"),
+                            ))
+                        }
                         Some(records) => produce_one(&shard, &topic, index, records, acks, timeout).await,
                     }
                 };

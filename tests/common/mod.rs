@@ -678,6 +678,11 @@ impl Broker {
         let rc = unsafe { libc::kill(pid, signal) };
         assert_eq!(rc, 0, "kill({signal}): {}", io::Error::last_os_error());
     }
+
+    /// The running broker's process id (for /proc readings).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("pid: broker is not running").id()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -699,7 +704,8 @@ pub fn plain_batch(values: &[String]) -> bytes::Bytes {
             producer_epoch: -1,
             timestamp_type: kafka_protocol::records::TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // One batch (the encoder splits where offset - sequence changes), base sequence -1.
+            sequence: i as i32 - 1,
             timestamp: now_ms(),
             key: None,
             value: Some(bytes::Bytes::from(v.clone())),

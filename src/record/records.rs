@@ -1,7 +1,7 @@
-//! The records inside a stored Kafka RecordBatch v2, for the cleaner and for key validation on
-//! produce to a compacted topic: decompress the records section when needed, find each record's
-//! offset delta, key and whether it is a tombstone, and rebuild a batch from a subset of its records
-//! (same header fields, offsets, timestamps and codec; new count, length and CRC32C).
+//! The records inside a stored Kafka RecordBatch v2, for the cleaner: decompress the records
+//! section (bounded, `codec`), find each record's offset delta, key and whether it is a tombstone,
+//! and rebuild a batch from a subset of its records (same header fields, offsets, timestamps and
+//! codec; new count, length and CRC32C).
 //!
 //! Record layout (inside the records section): length varint, attributes i8, timestampDelta varlong,
 //! offsetDelta varint, keyLength varint (-1: null), key, valueLength varint (-1: null), value,
@@ -9,16 +9,12 @@
 
 use std::ops::Range;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::compression::{Compressor, Decompressor, Gzip, Lz4, Snappy, Zstd};
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
 
-use crate::kafka::record_batch::{BatchError, BatchInfo, CRC_START, HEADER_LEN};
-
-/// Attributes bit of a control batch (transaction markers): kept as they are by the cleaner.
-pub const CONTROL_BIT: i16 = 0x20;
-/// Largest decompressed records section handled (a batch that expands beyond is refused, so a
-/// crafted batch cannot make the broker allocate without bound).
-pub const MAX_DECOMPRESSED_BYTES: usize = 256 << 20;
+use super::batch::{BatchError, BatchInfo, CRC_START, HEADER_LEN};
+use super::codec::{self, Codec, MAX_DECOMPRESSED_BATCH_BYTES};
+use super::validate::CONTROL_BIT;
 
 /// One record of a batch: where it is in the records section and what the cleaner needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,32 +45,13 @@ fn varint(b: &[u8], at: &mut usize) -> Result<i64, BatchError> {
     Err(corrupt("varint longer than 10 bytes"))
 }
 
-fn put_bytes_from(out: &mut BytesMut, buf: &mut Bytes) -> anyhow::Result<()> {
-    out.put_slice(buf);
-    buf.advance(buf.len());
-    Ok(())
-}
-
 /// The records section of `batch` (whose header is `info`), decompressed if the batch is.
 pub fn records_section(batch: &Bytes, info: &BatchInfo) -> Result<Bytes, BatchError> {
     if batch.len() < info.size || info.size < HEADER_LEN {
         return Err(corrupt(format!("batch of {} bytes claims {}", batch.len(), info.size)));
     }
-    let mut raw = batch.slice(HEADER_LEN..info.size);
-    let mut out = BytesMut::new();
-    let res = match info.compression() {
-        0 => return Ok(raw),
-        1 => Gzip::decompress(&mut raw, |b| put_bytes_from(&mut out, b)),
-        2 => Snappy::decompress(&mut raw, |b| put_bytes_from(&mut out, b)),
-        3 => Lz4::decompress(&mut raw, |b| put_bytes_from(&mut out, b)),
-        4 => Zstd::decompress(&mut raw, |b| put_bytes_from(&mut out, b)),
-        c => return Err(corrupt(format!("unknown compression codec {c}"))),
-    };
-    res.map_err(|e| corrupt(format!("decompressing records: {e:#}")))?;
-    if out.len() > MAX_DECOMPRESSED_BYTES {
-        return Err(corrupt(format!("records expand to {} bytes (limit {MAX_DECOMPRESSED_BYTES})", out.len())));
-    }
-    Ok(out.freeze())
+    let codec = Codec::from_attributes(info.attributes)?;
+    codec::decompress(codec, batch.slice(HEADER_LEN..info.size), MAX_DECOMPRESSED_BATCH_BYTES)
 }
 
 /// Walks the `count` records of a records section.
@@ -164,20 +141,10 @@ pub fn user_records(batch: &Bytes, info: &BatchInfo) -> Result<Option<(Bytes, Ve
     Ok(Some((section, records)))
 }
 
-/// Kafka refuses records without a key in a compacted topic (INVALID_RECORD). Control batches have
-/// no user records and pass.
-pub fn check_keys(batch: &Bytes, info: &BatchInfo) -> Result<(), String> {
-    let Some((_, records)) = user_records(batch, info).map_err(|e| e.to_string())? else { return Ok(()) };
-    match records.iter().position(|r| r.key.is_none()) {
-        None => Ok(()),
-        Some(i) => Err(format!("Compacted topic cannot accept message without key (record {i} of the batch)")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::record_batch::parse_header;
+    use crate::record::batch::parse_header;
     use kafka_protocol::records::{
         Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
@@ -231,7 +198,6 @@ mod tests {
             assert_eq!(keys, vec![Some(&b"a"[..]), Some(b"b"), Some(b"a"), None]);
             assert_eq!(views.iter().map(|v| v.tombstone).collect::<Vec<_>>(), vec![false, true, false, false]);
             assert_eq!(views.iter().map(|v| v.offset_delta).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
-            assert!(check_keys(&batch, &info).unwrap_err().contains("without key"));
 
             // Keep records 1 and 2: offsets, header fields and values survive, CRC is right.
             let kept = vec![views[1].span.clone(), views[2].span.clone()];
@@ -247,7 +213,6 @@ mod tests {
             assert_eq!((records[0].offset, records[0].value.is_none()), (1, true));
             assert_eq!((records[1].offset, records[1].value.as_deref()), (2, Some(&b"3"[..])));
             assert_eq!(records[1].timestamp, 1_700_000_000_002);
-            assert!(check_keys(&rebuilt, &rinfo).is_ok());
         }
     }
 

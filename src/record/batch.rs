@@ -1,6 +1,7 @@
-//! Kafka RecordBatch v2 framing: parse and validate the 61-byte header and CRC32C of each batch in a
-//! Produce request's records, patch the broker-assigned fields (base offset, partition leader epoch;
-//! both outside the CRC by Kafka's design) without re-encoding, and walk records for timestamp lookup.
+//! RecordBatch v2 framing: parse and check the 61-byte header and CRC32C of each batch in a
+//! Produce request's records or a leader's replicated bytes, patch the broker-assigned fields (base
+//! offset, partition leader epoch; both outside the CRC by Kafka's design) without re-encoding, and
+//! walk records for timestamp lookup. The records inside are checked by `validate`.
 
 use bytes::{Bytes, BytesMut};
 
@@ -9,6 +10,7 @@ pub const HEADER_LEN: usize = 61;
 /// Bytes before the CRC-covered part (baseOffset .. crc).
 pub const CRC_START: usize = 21;
 const MAGIC_V2: i8 = 2;
+const MAGIC_AT: usize = 16;
 
 /// Header fields of one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,9 +44,15 @@ impl BatchInfo {
 /// Why a batch was rejected, mapped to a Kafka error code by the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
-    /// CORRUPT_MESSAGE (2).
+    /// CORRUPT_MESSAGE (2): framing, CRC, compressed data.
     #[error("corrupt record batch: {0}")]
     Corrupt(String),
+    /// INVALID_RECORD (87): a well-framed batch whose contents break Kafka's rules.
+    #[error("invalid record batch: {0}")]
+    InvalidRecord(String),
+    /// INVALID_TXN_STATE (48): a transactional batch outside a transaction.
+    #[error("{0}")]
+    InvalidTxnState(String),
     /// UNSUPPORTED_FOR_MESSAGE_FORMAT (43): message format v0/v1.
     #[error("record batch magic {0} is not supported (only v2)")]
     UnsupportedMagic(i8),
@@ -67,12 +75,15 @@ fn be_i64(b: &[u8], at: usize) -> i64 {
 
 /// Parses the header of the batch at the start of `b` (which may hold more batches after it).
 pub fn parse_header(b: &[u8]) -> Result<BatchInfo, BatchError> {
+    // The magic sits at byte 16 in every message format: a v0/v1 message set (whose messages can
+    // be shorter than a v2 header) is named as such before its length is judged.
+    if let Some(&magic) = b.get(MAGIC_AT) {
+        if magic as i8 != MAGIC_V2 {
+            return Err(BatchError::UnsupportedMagic(magic as i8));
+        }
+    }
     if b.len() < HEADER_LEN {
         return Err(BatchError::Corrupt(format!("{} bytes is shorter than a batch header", b.len())));
-    }
-    let magic = b[16] as i8;
-    if magic != MAGIC_V2 {
-        return Err(BatchError::UnsupportedMagic(magic));
     }
     let batch_length = be_i32(b, 8);
     if batch_length < (HEADER_LEN - 12) as i32 {
@@ -93,21 +104,24 @@ pub fn parse_header(b: &[u8]) -> Result<BatchInfo, BatchError> {
     })
 }
 
-/// Splits a Produce request's records into validated batches: header sane, CRC32C right, record
-/// count consistent with the last offset delta, size within `max_batch_bytes`.
-pub fn split_and_validate(records: &Bytes, max_batch_bytes: usize) -> Result<Vec<(BatchInfo, Bytes)>, BatchError> {
+/// The one batch of a Produce request's partition data (Kafka: "Produce requests with version 3 and
+/// above are only allowed to contain exactly one record batch per partition"): framing and CRC32C
+/// right, size within `max_batch_bytes`, header within Kafka's rules for client batches
+/// (`validate::check_header`). The records inside are walked separately (`validate::BatchCheck`),
+/// so the caller can yield while a large batch is checked.
+pub fn produced_batch(records: &Bytes, max_batch_bytes: usize) -> Result<(BatchInfo, Bytes), BatchError> {
     if records.is_empty() {
-        return Err(BatchError::Corrupt("empty records".into()));
+        return Err(BatchError::InvalidRecord(
+            "Produce requests must have at least one record batch per partition".into(),
+        ));
     }
-    split(records, max_batch_bytes, |info| {
-        if info.records_count < 1 || info.last_offset_delta != info.records_count - 1 {
-            return Err(BatchError::Corrupt(format!(
-                "record count {} does not match last offset delta {}",
-                info.records_count, info.last_offset_delta
-            )));
-        }
-        Ok(())
-    })
+    let mut batches = split(records, max_batch_bytes, |info| super::validate::check_header(info).map(|_| ()))?;
+    if batches.len() != 1 {
+        return Err(BatchError::InvalidRecord(
+            "Produce requests are only allowed to contain exactly one record batch per partition".into(),
+        ));
+    }
+    Ok(batches.remove(0))
 }
 
 /// The partition leader epoch written in a stored batch's header (bytes 12..16).
@@ -274,7 +288,8 @@ pub(crate) mod tests {
         let a = make_batch(1000, &[0, 5, 9]);
         let b = make_batch(2000, &[1]);
         let both = Bytes::from([&a[..], &b[..]].concat());
-        let got = split_and_validate(&both, 1 << 20).unwrap();
+        assert!(matches!(produced_batch(&both, 1 << 20), Err(BatchError::InvalidRecord(_))));
+        let got = split_replicated(&both).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].0.offset_count(), 3);
         let (stamped, crc) = stamp(&got[0].1, &got[0].0, 42, 7);
@@ -286,11 +301,11 @@ pub(crate) mod tests {
 
         let mut bad = a.to_vec();
         bad[70] ^= 1;
-        assert!(matches!(split_and_validate(&Bytes::from(bad), 1 << 20), Err(BatchError::Corrupt(_))));
-        assert!(matches!(split_and_validate(&a, 10), Err(BatchError::TooLarge { .. })));
-        assert!(matches!(split_and_validate(&a.slice(..50), 1 << 20), Err(BatchError::Corrupt(_))));
+        assert!(matches!(produced_batch(&Bytes::from(bad), 1 << 20), Err(BatchError::Corrupt(_))));
+        assert!(matches!(produced_batch(&a, 10), Err(BatchError::TooLarge { .. })));
+        assert!(matches!(produced_batch(&a.slice(..50), 1 << 20), Err(BatchError::Corrupt(_))));
         let mut v1 = a.to_vec();
         v1[16] = 1;
-        assert_eq!(split_and_validate(&Bytes::from(v1), 1 << 20), Err(BatchError::UnsupportedMagic(1)));
+        assert_eq!(produced_batch(&Bytes::from(v1), 1 << 20), Err(BatchError::UnsupportedMagic(1)));
     }
 }
