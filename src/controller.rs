@@ -52,7 +52,7 @@ pub fn start_isr_watch(shard: &Rc<Shard>, cp: Arc<ControlPlane>) {
         let lag = s.config.replication.replica_lag_time_max_ms as i64;
         while !s.shutting_down.get() {
             glommio::timer::sleep(ISR_TICK).await;
-            let now = crate::groups::now_ms();
+            let now = crate::clock::now_ms();
             for p in s.local_partitions() {
                 let Some((isr, leader_epoch, partition_epoch)) = p.isr_change(now, lag) else { continue };
                 let key = (p.topic.clone(), p.index);

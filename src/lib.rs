@@ -9,6 +9,7 @@
 //! Raft-replicated cluster metadata and `controller` what each broker does with it.
 
 pub mod admin_client;
+pub mod clock;
 pub mod cluster;
 pub mod compaction;
 pub mod config;

@@ -20,6 +20,7 @@ use sluice_io::{Admission, Log, StoredBatch};
 use tracing::{info, warn};
 
 use crate::config::TopicSettings;
+use crate::metrics::ReplicationSample;
 use crate::producer_state::{ProducerStates, Refusal};
 use crate::record::batch::{self as record_batch, BatchError, BatchInfo};
 use crate::record::validate::{BatchCheck, Rules};
@@ -30,6 +31,16 @@ use crate::replication::{EpochEndOffset, UNDEFINED_EPOCH};
 pub const LEADER_EPOCH: i32 = 0;
 /// Bytes of a produced batch's records checked between yields to the executor.
 const RECORD_CHECK_STEP_BYTES: usize = 256 << 10;
+/// Compressed batches checked at once on one core. Each holds a decoder (a zstd window of at most
+/// 16 MiB, a snappy block of at most 22 × its compressed size, 64 KiB of read buffer) while it
+/// yields, so this bounds the decompression memory of a core; others wait their turn.
+const MAX_CONCURRENT_DECOMPRESSIONS_PER_CORE: u64 = 2;
+
+thread_local! {
+    /// This core's decompression slots (one executor per thread: per core).
+    static DECOMPRESSION_SLOTS: Rc<glommio::sync::Semaphore> =
+        Rc::new(glommio::sync::Semaphore::new(MAX_CONCURRENT_DECOMPRESSIONS_PER_CORE));
+}
 
 /// This partition's part in replication.
 #[derive(Debug, Clone)]
@@ -40,17 +51,6 @@ pub enum Role {
     Leader(LeaderState),
     /// Copies the partition from `leader`.
     Follower { leader: BrokerId, leader_epoch: i32 },
-}
-
-/// A partition's replication state for metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReplicationSample {
-    pub leader: bool,
-    pub leader_epoch: i32,
-    /// Leader side only (0 on a follower).
-    pub replicas: usize,
-    pub in_sync_replicas: usize,
-    pub max_follower_lag: u64,
 }
 
 /// What a leader answers one follower's fetch of this partition.
@@ -218,6 +218,16 @@ impl Partition {
         }
     }
 
+    /// The leader epoch the cluster metadata last gave this replica (leader or follower). Metadata is
+    /// applied in Raft order, so it only grows: role changes assert it.
+    fn cluster_epoch(&self) -> Option<i32> {
+        match &*self.role.borrow() {
+            Role::Leader(l) => Some(l.leader_epoch),
+            Role::Follower { leader_epoch, .. } => Some(*leader_epoch),
+            Role::Standalone => None,
+        }
+    }
+
     /// Clients' produce, fetch and offset lookups go to the leader only.
     pub fn check_leader(&self) -> Result<(), PartitionError> {
         match &*self.role.borrow() {
@@ -240,6 +250,13 @@ impl Partition {
         replicas: Vec<BrokerId>,
         isr: Vec<BrokerId>,
     ) -> Result<(), sluice_io::Error> {
+        let known = self.cluster_epoch();
+        assert!(
+            known.is_none_or(|e| e <= leader_epoch),
+            "{}-{}: leader epoch moved back from {known:?} to {leader_epoch}",
+            self.topic,
+            self.index
+        );
         let same = matches!(&*self.role.borrow(), Role::Leader(l) if l.leader_epoch == leader_epoch);
         if same {
             if let Role::Leader(l) = &mut *self.role.borrow_mut() {
@@ -250,7 +267,7 @@ impl Partition {
             self.log.assign_epoch(leader_epoch, leo).await?;
             let start = self.log.epochs().entries().last().map_or(leo, |e| e.start_offset);
             let state =
-                LeaderState::new(me, leader_epoch, partition_epoch, replicas, isr, start, crate::groups::now_ms());
+                LeaderState::new(me, leader_epoch, partition_epoch, replicas, isr, start, crate::clock::now_ms());
             info!(topic = %self.topic, partition = self.index, leader_epoch, start_offset = start, "leading");
             *self.role.borrow_mut() = Role::Leader(state);
             self.role_changed.notify(usize::MAX);
@@ -261,6 +278,14 @@ impl Partition {
 
     /// Makes this broker a follower of `leader` at `leader_epoch`.
     pub fn become_follower(&self, leader: BrokerId, leader_epoch: i32) {
+        if let Some(known) = self.cluster_epoch() {
+            assert!(
+                known <= leader_epoch,
+                "{}-{}: leader epoch moved back from {known} to {leader_epoch}",
+                self.topic,
+                self.index
+            );
+        }
         let changed = !matches!(&*self.role.borrow(),
             Role::Follower { leader: l, leader_epoch: e } if *l == leader && *e == leader_epoch);
         if changed {
@@ -278,10 +303,19 @@ impl Partition {
             Role::Leader(l) => l.high_watermark(leo, self.hw.get()),
             _ => return,
         };
-        if hw > self.hw.get() {
+        self.raise_high_watermark(hw);
+    }
+
+    /// Moves the high watermark up to `hw` (never down: a lower value is ignored) and wakes fetches
+    /// and acks=all waiters when it moved.
+    fn raise_high_watermark(&self, hw: u64) {
+        let (before, leo) = (self.hw.get(), self.log.next_offset());
+        assert!(hw <= leo, "{}-{}: high watermark {hw} above the log end {leo}", self.topic, self.index);
+        if hw > before {
             self.hw.set(hw);
             self.data_arrived.notify(usize::MAX);
         }
+        debug_assert!(self.hw.get() >= before, "high watermark moved back");
     }
 
     /// The leader's ISR change to propose now, if any: followers lagging over `lag_max_ms` out, or
@@ -339,7 +373,7 @@ impl Partition {
             ));
         }
         let known = match &mut *self.role.borrow_mut() {
-            Role::Leader(l) => l.on_fetch(follower, fetch_offset, leo, crate::groups::now_ms()),
+            Role::Leader(l) => l.on_fetch(follower, fetch_offset, leo, crate::clock::now_ms()),
             _ => false,
         };
         if !known {
@@ -399,11 +433,7 @@ impl Partition {
             self.log_grew.notify(usize::MAX);
         }
         let leo = self.log.next_offset();
-        let hw = leader_hw.min(leo);
-        if hw > self.hw.get() {
-            self.hw.set(hw);
-            self.data_arrived.notify(usize::MAX);
-        }
+        self.raise_high_watermark(leader_hw.min(leo));
         Ok(leo)
     }
 
@@ -579,6 +609,13 @@ impl Partition {
     /// yielding between steps so a large or highly compressed batch does not hold the core.
     async fn check_records(&self, bytes: &Bytes, info: &BatchInfo) -> Result<(), PartitionError> {
         let rules = Rules { keys_required: self.settings.borrow().compacts(), ..Rules::default() };
+        let slots = DECOMPRESSION_SLOTS.with(Rc::clone);
+        let _slot = match info.compression() {
+            0 => None,
+            _ => Some(slots.acquire_permit(1).await.map_err(|e| {
+                PartitionError::new(ResponseError::UnknownServerError, format!("decompression slot: {e}"))
+            })?),
+        };
         let mut check = BatchCheck::new(bytes, info, rules)?;
         while !check.advance(RECORD_CHECK_STEP_BYTES)? {
             glommio::yield_if_needed().await;
@@ -589,7 +626,7 @@ impl Partition {
     /// Appends a batch of an idempotent producer, unless it is a duplicate (then the original's
     /// offset is returned once the original is written) or out of sequence.
     async fn append_idempotent(&self, info: &BatchInfo, bytes: &Bytes, epoch: i32) -> Result<i64, PartitionError> {
-        let now = crate::groups::now_ms();
+        let now = crate::clock::now_ms();
         let mut reserved = None;
         let outcome = self
             .log
@@ -645,7 +682,7 @@ impl Partition {
 
     /// Snapshots producer state (bounding the rebuild on the next open) and expires idle ids.
     pub async fn snapshot_producers(&self) -> Result<(), sluice_io::Error> {
-        let expired = self.producers.borrow_mut().expire(crate::groups::now_ms());
+        let expired = self.producers.borrow_mut().expire(crate::clock::now_ms());
         if expired > 0 {
             info!(topic = %self.topic, partition = self.index, expired, "producer ids expired");
         }

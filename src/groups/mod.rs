@@ -30,6 +30,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use tracing::{debug, info, warn};
 
+use crate::clock::now_ms;
 use crate::shard::Shard;
 use offsets_log::{Committed, OffsetRecord, OFFSETS_TOPIC};
 
@@ -195,7 +196,8 @@ impl Group {
             }
             keep
         });
-        self.generation += 1;
+        let generation_before = self.generation;
+        self.generation = self.generation.checked_add(1).unwrap_or(1);
         self.rebalance_deadline = None;
         self.join_not_before = None;
         if self.members.is_empty() {
@@ -210,6 +212,15 @@ impl Group {
             self.leader = Some(self.members[0].id.clone());
         }
         self.state = GroupState::CompletingRebalance;
+        // Post-conditions: a new generation, led by one of its members, every member joined.
+        assert!(self.generation != generation_before, "group {}: generation did not move", self.id);
+        assert!(
+            self.leader.as_ref().is_some_and(|l| self.has_member(l)),
+            "group {}: leader {:?} is not a member",
+            self.id,
+            self.leader
+        );
+        debug_assert!(self.members.iter().all(|m| m.join_waiter.is_some()), "a member that did not rejoin stayed");
         let protocol = self.protocol.clone().unwrap_or_default();
         let leader = self.leader.clone().unwrap_or_default();
         let all: Vec<JoinGroupResponseMember> = self
@@ -305,10 +316,6 @@ fn strip_instance_ids(members: Vec<JoinGroupResponseMember>, version: i16) -> Ve
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn join_error(code: ResponseError, member_id: &str) -> JoinGroupResponse {
@@ -534,6 +541,7 @@ impl GroupCoordinator {
                 for m in &mut g.members {
                     m.assignment = assignments.get(&m.id).cloned().unwrap_or_default();
                 }
+                debug_assert!(g.state == GroupState::CompletingRebalance, "sync completes a join, not {:?}", g.state);
                 g.state = GroupState::Stable;
                 let pt = g.protocol_type.clone();
                 let pn = g.protocol.clone();

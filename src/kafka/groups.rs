@@ -24,8 +24,9 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use crate::clock::now_ms;
 use crate::groups::offsets_log::{Committed, OffsetRecord};
-use crate::groups::{now_ms, MAX_OFFSET_METADATA_BYTES};
+use crate::groups::MAX_OFFSET_METADATA_BYTES;
 use crate::shard::{GroupCall, GroupReply, Shard};
 
 fn s(v: &str) -> StrBytes {

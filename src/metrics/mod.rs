@@ -28,6 +28,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A partition's replication state for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicationSample {
+    pub leader: bool,
+    pub leader_epoch: i32,
+    /// Leader side only (0 on a follower).
+    pub replicas: usize,
+    pub in_sync_replicas: usize,
+    pub max_follower_lag: u64,
+}
+
 /// Requests of one API on one core.
 #[derive(Default)]
 pub struct ApiStats {
@@ -49,8 +60,8 @@ pub struct PartitionSample {
     /// Records and bytes of produced batches appended since the broker started.
     pub records_appended: u64,
     pub bytes_appended: u64,
-    /// Replication as this broker sees it (see [`crate::partition::ReplicationSample`]).
-    pub replication: crate::partition::ReplicationSample,
+    /// Replication as this broker sees it.
+    pub replication: ReplicationSample,
 }
 
 /// A group's committed offset as last published by the coordinator's core.

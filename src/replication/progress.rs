@@ -49,18 +49,35 @@ impl LeaderState {
         epoch_start_offset: u64,
         now_ms: i64,
     ) -> LeaderState {
+        assert!(leader_epoch >= 0, "leader epoch {leader_epoch} is negative");
+        assert!(replicas.contains(&me), "leader {me} is not among the replicas {replicas:?}");
         let followers = replicas
             .iter()
             .filter(|b| **b != me)
             .map(|b| (*b, FollowerProgress { log_end_offset: None, last_caught_up_ms: now_ms, previous_fetch: None }))
             .collect();
-        LeaderState { leader_epoch, partition_epoch, replicas, isr, me, epoch_start_offset, followers }
+        let state = LeaderState { leader_epoch, partition_epoch, replicas, isr, me, epoch_start_offset, followers };
+        state.assert_isr_within_replicas();
+        state
+    }
+
+    /// The ISR is a subset of the replicas, without duplicates.
+    fn assert_isr_within_replicas(&self) {
+        for (i, b) in self.isr.iter().enumerate() {
+            assert!(self.replicas.contains(b), "ISR member {b} is not a replica of {:?}", self.replicas);
+            assert!(!self.isr[..i].contains(b), "ISR {:?} lists {b} twice", self.isr);
+        }
     }
 
     /// Takes newer metadata for the same leadership (same epoch): the ISR and partition epoch. A
     /// follower that left the ISR (the controller found it dead, or it lagged) must fetch again to
     /// prove it caught up: what it reported before no longer counts.
     pub fn update_isr(&mut self, partition_epoch: i32, isr: Vec<BrokerId>) {
+        assert!(
+            partition_epoch >= self.partition_epoch,
+            "partition epoch moved back from {} to {partition_epoch}",
+            self.partition_epoch
+        );
         for (b, p) in self.followers.iter_mut() {
             if self.isr.contains(b) && !isr.contains(b) {
                 p.log_end_offset = None;
@@ -69,6 +86,7 @@ impl LeaderState {
         }
         self.partition_epoch = partition_epoch;
         self.isr = isr;
+        self.assert_isr_within_replicas();
     }
 
     /// Records a fetch of `follower` at `fetch_offset` while the leader's log ends at `leader_leo`.
@@ -90,14 +108,22 @@ impl LeaderState {
     /// The high watermark the ISR allows: the smallest log end offset among the ISR, the leader's
     /// own included. A member that has not fetched yet holds it at `current` (no regression).
     pub fn high_watermark(&self, leader_leo: u64, current: u64) -> u64 {
-        let mut hw = leader_leo;
+        let hw = self.isr_minimum(leader_leo).map_or(current.min(leader_leo), |m| m.max(current.min(leader_leo)));
+        // Post-conditions: never above the leader's log end, never below what it was (unless the
+        // log itself ends below it, which only a truncation of a non-leader does).
+        assert!(hw <= leader_leo, "high watermark {hw} above the log end {leader_leo}");
+        assert!(hw >= current.min(leader_leo), "high watermark moved back from {current} to {hw}");
+        hw
+    }
+
+    /// The smallest log end offset in the ISR (the leader's included); `None` while an ISR member
+    /// has not fetched in this leadership.
+    fn isr_minimum(&self, leader_leo: u64) -> Option<u64> {
+        let mut min = leader_leo;
         for b in self.isr.iter().filter(|b| **b != self.me) {
-            match self.followers.get(b).and_then(|p| p.log_end_offset) {
-                Some(leo) => hw = hw.min(leo),
-                None => return current.min(leader_leo),
-            }
+            min = min.min(self.followers.get(b).and_then(|p| p.log_end_offset)?);
         }
-        hw.max(current.min(leader_leo))
+        Some(min)
     }
 
     /// The ISR without the followers that have not caught up for longer than `lag_max_ms`, when

@@ -1,0 +1,203 @@
+//! Keeps docs/architecture.md true: the crates stay apart (the storage engine knows no Kafka, the
+//! load generator imports nothing of the broker), leaf modules import nothing of the broker, and the
+//! modules of `src/` form no import cycle except through the upward edges listed in
+//! `KNOWN_UPWARD_EDGES`, which issue 14 removes one by one. The list is a ratchet both ways: a new
+//! cycle fails, and so does a listed edge that no longer exists (delete it from the list).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Imports that point up the layers and close a cycle today: the shard (core) calls into the
+/// controller (topic admin, roles), the group coordinator it hosts, and the replication listener it
+/// hands sockets to. Each is to be replaced by a call the upper module registers with the core.
+const KNOWN_UPWARD_EDGES: &[(&str, &str)] = &[("shard", "controller"), ("shard", "groups"), ("shard", "replica")];
+
+/// Modules that must import nothing of the broker (only std, external crates and themselves).
+const LEAVES: &[&str] = &["clock", "record", "producer_state", "socket_write", "cluster"];
+
+/// Files of the Kafka front end that still name the storage engine's types (issue 14: the handlers
+/// should see the partition's read result only).
+const KAFKA_FILES_NAMING_THE_ENGINE: &[&str] = &["src/kafka/fetch.rs", "src/kafka/response.rs"];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())) {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The top-level module a file of `src/` belongs to (`src/kafka/fetch.rs` → `kafka`).
+fn module_of(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).expect("under src");
+    let first = rel.components().next().expect("non-empty").as_os_str().to_string_lossy().into_owned();
+    first.trim_end_matches(".rs").to_string()
+}
+
+/// The modules named by `crate::NAME` paths and `use crate::{NAME, ...}` groups in `text`.
+fn crate_references(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let ident = |s: &str| s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect::<String>();
+    for (i, _) in text.match_indices("crate::") {
+        let rest = &text[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let end = group.find('}').unwrap_or(group.len());
+            for item in group[..end].split(',') {
+                let name = ident(item.trim());
+                if !name.is_empty() {
+                    out.insert(name);
+                }
+            }
+        } else {
+            let name = ident(rest);
+            if !name.is_empty() {
+                out.insert(name);
+            }
+        }
+    }
+    out
+}
+
+fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = root().join("src");
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in rust_files(&src) {
+        let module = module_of(&src, &file);
+        if module == "main" || module == "lib" || module == "bin" {
+            continue;
+        }
+        let text = fs::read_to_string(&file).expect("read source");
+        let deps = graph.entry(module.clone()).or_default();
+        for target in crate_references(&text) {
+            if target != module {
+                deps.insert(target);
+            }
+        }
+    }
+    graph
+}
+
+/// One cycle of `graph`, if any (depth-first search with colours).
+fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<String, u8>,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        state.insert(node.to_string(), 1);
+        path.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            match state.get(next.as_str()).copied().unwrap_or(0) {
+                1 => {
+                    let start = path.iter().position(|n| n == next).expect("on the path");
+                    let mut cycle = path[start..].to_vec();
+                    cycle.push(next.clone());
+                    return Some(cycle);
+                }
+                0 => {
+                    if let Some(c) = visit(next, graph, state, path) {
+                        return Some(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+        path.pop();
+        state.insert(node.to_string(), 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    for node in graph.keys() {
+        if state.get(node.as_str()).copied().unwrap_or(0) == 0 {
+            if let Some(c) = visit(node, graph, &mut state, &mut Vec::new()) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn broker_modules_form_no_cycle_beyond_the_known_upward_edges() {
+    let mut graph = module_graph();
+    for (from, to) in KNOWN_UPWARD_EDGES {
+        let present = graph.get_mut(*from).is_some_and(|deps| deps.remove(*to));
+        assert!(
+            present,
+            "{from} no longer imports {to}: remove the edge from KNOWN_UPWARD_EDGES and docs/architecture.md"
+        );
+    }
+    if let Some(cycle) = find_cycle(&graph) {
+        panic!(
+            "import cycle between broker modules: {} (see docs/architecture.md for what may import what)",
+            cycle.join(" -> ")
+        );
+    }
+}
+
+#[test]
+fn leaf_modules_import_nothing_of_the_broker() {
+    let graph = module_graph();
+    for leaf in LEAVES {
+        let deps = graph.get(*leaf).unwrap_or_else(|| panic!("module {leaf} not found"));
+        assert!(deps.is_empty(), "{leaf} is a leaf but imports {deps:?}");
+    }
+}
+
+#[test]
+fn the_engine_knows_no_kafka_and_the_load_generator_no_broker() {
+    for file in rust_files(&root().join("io/src")) {
+        let text = fs::read_to_string(&file).expect("read");
+        assert!(
+            !text.contains("kafka_protocol") && !text.contains("sluice::"),
+            "{} names Kafka or the broker",
+            file.display()
+        );
+    }
+    let io_manifest = fs::read_to_string(root().join("io/Cargo.toml")).expect("io manifest");
+    assert!(!io_manifest.contains("kafka-protocol"), "io/ depends on kafka-protocol");
+    let loadgen_manifest = fs::read_to_string(root().join("loadgen/Cargo.toml")).expect("loadgen manifest");
+    assert!(
+        !loadgen_manifest
+            .lines()
+            .any(|l| l.trim_start().starts_with("sluice ") || l.trim_start().starts_with("sluice=")),
+        "loadgen depends on the broker crate"
+    );
+    for file in rust_files(&root().join("loadgen/src")) {
+        let text = fs::read_to_string(&file).expect("read");
+        assert!(!text.contains("sluice::"), "{} imports the broker", file.display());
+    }
+}
+
+#[test]
+fn the_kafka_front_end_names_no_engine_type_beyond_the_known_files() {
+    let mut naming = Vec::new();
+    for file in rust_files(&root().join("src/kafka")) {
+        if fs::read_to_string(&file).expect("read").contains("sluice_io") {
+            naming.push(file.strip_prefix(root()).expect("under root").to_string_lossy().into_owned());
+        }
+    }
+    let known: Vec<String> = KAFKA_FILES_NAMING_THE_ENGINE.iter().map(|s| s.to_string()).collect();
+    assert_eq!(naming, known, "files of src/kafka naming sluice_io (update the list only to shrink it)");
+}
+
+#[test]
+fn the_reference_scan_sees_grouped_and_plain_paths() {
+    let refs = crate_references("use crate::{clock, record::batch};\nlet x = crate::shard::Shard::new();");
+    assert_eq!(refs.into_iter().collect::<Vec<_>>(), vec!["clock", "record", "shard"]);
+}
