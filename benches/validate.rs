@@ -7,7 +7,8 @@
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
-use sluice::record::batch::produced_batch;
+use sluice::record::batch::{produced_batch, HEADER_LEN};
+use sluice::record::codec::{self, Codec, MAX_DECOMPRESSED_BATCH_BYTES};
 use sluice::record::validate::{check_batch, Rules};
 
 const MAX_BATCH_BYTES: usize = 16 << 20;
@@ -63,6 +64,13 @@ fn validate(c: &mut Criterion) {
         g.bench_function(format!("{name}/header+crc"), |bench| {
             bench.iter(|| produced_batch(b, MAX_BATCH_BYTES).expect("valid"))
         });
+        let codec = Codec::from_attributes(i16::from(b[22])).expect("codec");
+        if codec != Codec::None {
+            g.bench_function(format!("{name}/decompress-only"), |bench| {
+                bench
+                    .iter(|| codec::decompress(codec, b.slice(HEADER_LEN..), MAX_DECOMPRESSED_BATCH_BYTES).expect("ok"))
+            });
+        }
         g.bench_function(format!("{name}/header+crc+records"), |bench| {
             bench.iter(|| {
                 let (info, bytes) = produced_batch(b, MAX_BATCH_BYTES).expect("valid");

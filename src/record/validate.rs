@@ -87,9 +87,69 @@ pub fn check_header(info: &BatchInfo) -> Result<Codec, BatchError> {
     Ok(codec)
 }
 
+/// The records section being walked: in place when uncompressed (the hot path: plain slice reads),
+/// else a bounded decoder stream.
+enum Source {
+    InPlace { bytes: Bytes, at: usize },
+    Stream(Box<dyn BufRead>),
+}
+
+impl Source {
+    /// The next byte; `None` at the end of the section.
+    #[inline]
+    fn byte(&mut self) -> std::io::Result<Option<u8>> {
+        match self {
+            Source::InPlace { bytes, at } => {
+                let b = bytes.get(*at).copied();
+                *at += usize::from(b.is_some());
+                Ok(b)
+            }
+            Source::Stream(r) => {
+                let b = match r.fill_buf()? {
+                    [] => return Ok(None),
+                    buf => buf[0],
+                };
+                r.consume(1);
+                Ok(Some(b))
+            }
+        }
+    }
+
+    /// Skips up to `n` bytes; how many there were.
+    #[inline]
+    fn skip(&mut self, n: usize) -> std::io::Result<usize> {
+        match self {
+            Source::InPlace { bytes, at } => {
+                let got = n.min(bytes.len() - *at);
+                *at += got;
+                Ok(got)
+            }
+            Source::Stream(r) => {
+                let mut left = n;
+                while left > 0 {
+                    let got = match r.fill_buf()? {
+                        [] => break,
+                        buf => buf.len().min(left),
+                    };
+                    r.consume(got);
+                    left -= got;
+                }
+                Ok(n - left)
+            }
+        }
+    }
+
+    fn at_end(&mut self) -> std::io::Result<bool> {
+        match self {
+            Source::InPlace { bytes, at } => Ok(*at == bytes.len()),
+            Source::Stream(r) => Ok(r.fill_buf()?.is_empty()),
+        }
+    }
+}
+
 /// A batch being checked record by record.
 pub struct BatchCheck {
-    records: Box<dyn BufRead>,
+    records: Source,
     rules: Rules,
     count: i32,
     next: i32,
@@ -105,7 +165,10 @@ impl BatchCheck {
             return Err(BatchError::Corrupt(format!("batch of {} bytes claims {}", batch.len(), info.size)));
         }
         let section = batch.slice(HEADER_LEN..info.size);
-        let records = codec::decoder(codec, section, rules.max_decompressed_bytes)?;
+        let records = match codec {
+            Codec::None => Source::InPlace { bytes: section, at: 0 },
+            _ => Source::Stream(codec::decoder(codec, section, rules.max_decompressed_bytes)?),
+        };
         Ok(BatchCheck { records, rules, count: info.records_count, next: 0, read: 0 })
     }
 
@@ -120,9 +183,9 @@ impl BatchCheck {
                 return Ok(false);
             }
         }
-        match self.records.fill_buf() {
-            Ok([]) => Ok(true),
-            Ok(_) => Err(invalid(format!("bytes after the last of {} records", self.count))),
+        match self.records.at_end() {
+            Ok(true) => Ok(true),
+            Ok(false) => Err(invalid(format!("bytes after the last of {} records", self.count))),
             Err(e) => Err(self.read_error(e)),
         }
     }
@@ -192,37 +255,54 @@ impl BatchCheck {
 
     /// A zigzag varint of at most `max_bytes` bytes.
     fn varint(&mut self, max_bytes: usize) -> Result<i64, BatchError> {
+        // Hot path: an uncompressed section decodes straight from the slice.
+        if let Source::InPlace { bytes, at } = &mut self.records {
+            let mut v: u64 = 0;
+            for (n, &byte) in bytes[*at..].iter().take(max_bytes).enumerate() {
+                v |= u64::from(byte & 0x7f) << (7 * n);
+                if byte & 0x80 == 0 {
+                    *at += n + 1;
+                    self.read += n + 1;
+                    return self.zigzag(v, max_bytes);
+                }
+            }
+            return Err(if bytes.len() - *at < max_bytes { self.premature_end() } else { self.too_long() });
+        }
         let mut v: u64 = 0;
         for n in 0..max_bytes {
-            let byte = match self.records.fill_buf() {
-                Ok([]) => return Err(self.premature_end()),
-                Ok(buf) => buf[0],
+            let byte = match self.records.byte() {
+                Ok(Some(b)) => b,
+                Ok(None) => return Err(self.premature_end()),
                 Err(e) => return Err(self.read_error(e)),
             };
-            self.records.consume(1);
             self.read += 1;
             v |= u64::from(byte & 0x7f) << (7 * n);
             if byte & 0x80 == 0 {
-                let z = ((v >> 1) as i64) ^ -((v & 1) as i64);
-                if max_bytes == MAX_VARINT_BYTES && i32::try_from(z).is_err() {
-                    break;
-                }
-                return Ok(z);
+                return self.zigzag(v, max_bytes);
             }
         }
-        Err(invalid(format!("record {}: varint too long", self.next)))
+        Err(self.too_long())
     }
 
-    fn skip(&mut self, mut n: usize) -> Result<(), BatchError> {
-        while n > 0 {
-            let got = match self.records.fill_buf() {
-                Ok([]) => return Err(self.premature_end()),
-                Ok(buf) => buf.len().min(n),
-                Err(e) => return Err(self.read_error(e)),
-            };
-            self.records.consume(got);
-            self.read += got;
-            n -= got;
+    /// The zigzag-decoded value of a varint; a 32-bit field must fit in an i32.
+    #[inline]
+    fn zigzag(&self, v: u64, max_bytes: usize) -> Result<i64, BatchError> {
+        let z = ((v >> 1) as i64) ^ -((v & 1) as i64);
+        if max_bytes == MAX_VARINT_BYTES && i32::try_from(z).is_err() {
+            return Err(self.too_long());
+        }
+        Ok(z)
+    }
+
+    fn too_long(&self) -> BatchError {
+        invalid(format!("record {}: varint too long", self.next))
+    }
+
+    fn skip(&mut self, n: usize) -> Result<(), BatchError> {
+        let got = self.records.skip(n).map_err(|e| self.read_error(e))?;
+        self.read += got;
+        if got < n {
+            return Err(self.premature_end());
         }
         Ok(())
     }
