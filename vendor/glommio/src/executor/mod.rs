@@ -1320,20 +1320,22 @@ impl LocalExecutor {
         self.reactor.need_preempt()
     }
 
+    /// Runs task queues until none is active (false: the caller may park) or until preempted
+    /// (true: the caller must not park).
     fn run_task_queues(&self) -> bool {
-        let mut ran = false;
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                break;
+                // Sluice patch (see vendor/README.md): 0.9.0 returned `false` here when preempted
+                // before running anything, which the caller read as "nothing to run" and parked
+                // with task queues still active: their tasks were already woken, so no completion
+                // or eventfd write was coming, and the executor slept in io_uring_enter for good.
+                return true;
             }
             if !self.run_one_task_queue() {
                 return false;
-            } else {
-                ran = true;
             }
         }
-        ran
     }
 
     fn run_one_task_queue(&self) -> bool {
