@@ -33,7 +33,7 @@ use common::{free_port, plain_batch, unique_topic, wire, Broker, BrokerOptions};
 const STARTS_ENV: &str = "SLUICE_LIFECYCLE_STARTS";
 const DEFAULT_STARTS: usize = 200;
 const SPINNERS_PER_CPU_ENV: &str = "SLUICE_LIFECYCLE_SPINNERS_PER_CPU";
-const DEFAULT_SPINNERS_PER_CPU: usize = 2;
+const DEFAULT_SPINNERS_PER_CPU: usize = 3;
 const STARTUP_CORES: usize = 2;
 const START_BOUND: Duration = Duration::from_secs(10);
 /// The broker's log line once every core listens.
