@@ -6,6 +6,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Default of `shutdown_timeout_ms`: the longest graceful shutdown (a cluster broker's controlled
+/// shutdown, 5 s, then the connection drain, 10 s) plus 5 s to flush and checkpoint the partitions.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 20_000;
+/// Smallest `shutdown_timeout_ms` accepted: below it every shutdown would end by the deadline.
+pub const MIN_SHUTDOWN_TIMEOUT_MS: u64 = 100;
+
 /// Settings of one broker process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -18,6 +24,9 @@ pub struct BrokerConfig {
     pub advertised_host: Option<String>,
     /// Executors (one pinned per core); default: every core.
     pub cores: Option<usize>,
+    /// Bound on shutdown: from the first SIGTERM/SIGINT (or a failed core) the process ends within
+    /// this long, exiting non-zero if the graceful path has not finished (see `server::run`).
+    pub shutdown_timeout_ms: u64,
     /// This broker's id in Metadata (and in `cluster.peers` when that is not empty).
     pub node_id: i32,
     /// Partitions of an auto-created topic (Kafka `num.partitions`).
@@ -270,6 +279,7 @@ impl Default for BrokerConfig {
             listen: "127.0.0.1:9092".into(),
             advertised_host: None,
             cores: None,
+            shutdown_timeout_ms: DEFAULT_SHUTDOWN_TIMEOUT_MS,
             node_id: 0,
             default_partitions: 1,
             auto_create_topics: true,
@@ -330,6 +340,10 @@ impl BrokerConfig {
         if self.cluster.is_cluster() && self.advertised_host.is_some() {
             return Err(ClusterConfigError::AdvertisedHostWithPeers.into());
         }
+        anyhow::ensure!(
+            self.shutdown_timeout_ms >= MIN_SHUTDOWN_TIMEOUT_MS,
+            "shutdown_timeout_ms must be >= {MIN_SHUTDOWN_TIMEOUT_MS}"
+        );
         anyhow::ensure!(self.max_request_size_bytes >= 1024, "max_request_size_bytes must be >= 1024");
         anyhow::ensure!(self.max_inflight_requests_per_connection >= 1, "max_inflight_requests_per_connection >= 1");
         anyhow::ensure!(self.default_partitions >= 1, "default_partitions must be >= 1");

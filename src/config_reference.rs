@@ -25,6 +25,7 @@ pub const BROKER_OPTIONS: &[OptionDoc] = &[
     opt("listen", "HOST:PORT", "Kafka listener. Every core listens on it (SO_REUSEPORT)."),
     opt("advertised_host", "host", "Host advertised to clients in Metadata. None: the listen host. Not allowed with `cluster.peers` (each peer's `kafka` address is advertised)."),
     opt("cores", "cores", "Executors, one pinned per core (the first N cores). None: every core."),
+    opt("shutdown_timeout_ms", "ms", "From the first SIGTERM/SIGINT (or a core that failed), the process ends within this long (plus at most 1 s to sync the data directory's filesystem): the graceful path stops accepting, drains connections (up to 10 s), flushes and checkpoints every partition and exits 0; if it has not finished by then, the broker logs so and exits with code 3, like a kill -9 to recovery (nothing acknowledged is lost). A second signal exits at once with 128 + its number. The default covers a cluster broker's controlled shutdown (5 s) and the drain; a smaller value cuts the drain short."),
     opt("node_id", "id", "This broker's id in Metadata; `--node-id` overrides it. In a cluster it must be one of the `cluster.peers` ids."),
     opt("default_partitions", "count", "Partitions of an auto-created topic (Kafka `num.partitions`)."),
     opt("auto_create_topics", "bool", "Create unknown topics on Metadata requests that allow it (Kafka `auto.create.topics.enable`)."),

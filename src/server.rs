@@ -2,12 +2,14 @@
 //! on the same port (SO_REUSEPORT, so a connection stays on the core that accepted it), its share
 //! of the partitions, and channel meshes to the other cores. SIGTERM/SIGINT: stop accepting, let
 //! connections finish their in-flight requests, close every partition (flush + checkpoint), exit 0.
+//! That graceful path is bounded by `shutdown_timeout_ms`, enforced from plain threads (signals,
+//! watchdog) that no stuck or spinning core can hold up; a second signal exits at once.
 
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use event_listener::Event;
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -27,10 +29,21 @@ const SIGNAL_POLL_MS: u64 = 50;
 const CONTROLLED_SHUTDOWN_MS: u64 = 5_000;
 /// How long shutdown waits for open connections to finish their in-flight requests.
 const DRAIN_TIMEOUT_MS: u64 = 10_000;
+/// Exit code when the graceful shutdown did not finish within `shutdown_timeout_ms`.
+const EXIT_SHUTDOWN_TIMED_OUT: i32 = 3;
+/// A second SIGTERM/SIGINT exits with 128 + its number, the code a shell reports for a death by it.
+const EXIT_SIGNAL_BASE: i32 = 128;
+/// How long the watchdog lets `syncfs` of the data directory run before it exits anyway.
+const SHUTDOWN_SYNC_GRACE_MS: u64 = 1_000;
 
 /// Runs the broker until a signal; returns when every core has shut down cleanly.
 pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     config.validate()?;
+    // Signals are taken before anything is opened: one during start-up begins the shutdown (and
+    // its deadline) like any other.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watchdog = ShutdownWatchdog::start(Duration::from_millis(config.shutdown_timeout_ms), stop.clone())?;
+    watch_signals(watchdog.clone())?;
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let available = core_ids.len().max(1);
     let cores = config.cores.unwrap_or(available);
@@ -106,9 +119,7 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     crate::startup_log::log_config(&config);
     crate::startup_log::log_layout(&table, cores);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
-    signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+    watchdog.set_data_dir(&config.data_dir);
     let metrics = crate::metrics::BrokerMetrics::new(cores);
     if let Some(addr) = &config.metrics_listen {
         crate::metrics::exporter::start(addr, metrics.clone())?;
@@ -125,6 +136,7 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
         };
         let (config, table, stop, ready, startup) =
             (config.clone(), table.clone(), stop.clone(), ready.clone(), startup.clone());
+        let watchdog = watchdog.clone();
         let (requests, replies) = (requests.clone(), replies.clone());
         let core_metrics = metrics.core(i);
         let control = control.clone();
@@ -137,7 +149,7 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
                     core_main(i, cores, config, table, mesh, core_metrics, control, stop.clone(), ready, startup).await;
                 if let Err(e) = &res {
                     error!(core = i, error = %e, "core failed; stopping the broker");
-                    stop.store(true, Ordering::SeqCst);
+                    watchdog.begin("a core failed");
                 }
                 res
             })
@@ -152,6 +164,7 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
             Err(e) => failed = failed.or(Some(anyhow::anyhow!("core {i} panicked: {e}"))),
         }
     }
+    watchdog.finished();
     match failed {
         Some(e) => Err(e),
         None => {
@@ -320,4 +333,156 @@ fn block_on_reply<T>(rx: futures_channel::oneshot::Receiver<T>) -> Option<T> {
 /// Sleeps `ms`, or less if shutdown begins; true when it did.
 async fn sleep_unless_shutdown(shard: &Shard, ms: u64) -> bool {
     shard.unless_shutdown(glommio::timer::sleep(Duration::from_millis(ms))).await.is_none()
+}
+
+/// Shutdown's bound. Once asked to stop (the first signal, or a core that failed) the process ends
+/// within `timeout`, whatever the cores are doing: the graceful path runs on the executors, and a
+/// core that spins, waits forever or never reaches its signal check would hold it up without end.
+/// This runs on a plain thread instead, so nothing on a core can delay it.
+///
+/// Exiting without finishing the graceful path is safe for acknowledged data: a produce is
+/// acknowledged only after its batch was written (O_DIRECT: the bytes are out of this process) and,
+/// per the topic's flush policy, fdatasync'ed. What the graceful path adds (a sync of what the policy
+/// had not synced yet, index files, checkpoints) is what recovery handles after a kill -9: the log is
+/// scanned up to the last batch whose CRC32C is valid, indexes and checkpoints are rebuilt when
+/// missing or stale. The forced exit is a kill -9 with a log line and a `syncfs` first.
+struct ShutdownWatchdog {
+    timeout: Duration,
+    stop: Arc<AtomicBool>,
+    state: Mutex<WatchdogState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct WatchdogState {
+    /// When and why shutdown began.
+    began: Option<(Instant, &'static str)>,
+    /// The graceful path finished: the watchdog stands down.
+    finished: bool,
+    /// Synced (best effort) before a forced exit; unset until the data directory exists.
+    data_dir: Option<std::path::PathBuf>,
+}
+
+impl ShutdownWatchdog {
+    /// Starts the watchdog thread; it does nothing until `begin`.
+    fn start(timeout: Duration, stop: Arc<AtomicBool>) -> anyhow::Result<Arc<ShutdownWatchdog>> {
+        let dog = Arc::new(ShutdownWatchdog { timeout, stop, state: Mutex::default(), changed: Condvar::new() });
+        let d = dog.clone();
+        std::thread::Builder::new()
+            .name("sluice-shutdown-watchdog".into())
+            .spawn(move || d.watch())
+            .map_err(|e| anyhow::anyhow!("starting the shutdown watchdog: {e}"))?;
+        Ok(dog)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WatchdogState> {
+        // The state is a few plain fields: a panic while it was held cannot leave it inconsistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_data_dir(&self, dir: &std::path::Path) {
+        self.lock().data_dir = Some(dir.to_path_buf());
+    }
+
+    /// Begins the shutdown (idempotent): the cores see `stop`, the deadline starts.
+    fn begin(&self, why: &'static str) {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut st = self.lock();
+        if st.began.is_none() {
+            st.began = Some((Instant::now(), why));
+            self.changed.notify_all();
+        }
+    }
+
+    /// The graceful path finished (every core returned): no forced exit from here on.
+    fn finished(&self) {
+        self.lock().finished = true;
+        self.changed.notify_all();
+    }
+
+    fn watch(&self) {
+        let mut st = self.lock();
+        let (began, why) = loop {
+            if st.finished {
+                return;
+            }
+            match st.began {
+                Some(b) => break b,
+                None => st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
+            }
+        };
+        let deadline = began + self.timeout;
+        loop {
+            if st.finished {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            st = self.changed.wait_timeout(st, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        let data_dir = st.data_dir.clone();
+        drop(st);
+        error!(
+            reason = why,
+            shutdown_timeout_ms = self.timeout.as_millis() as u64,
+            "graceful shutdown did not finish within shutdown_timeout_ms: exiting now \
+             (recovery on the next start handles it like a kill -9; acknowledged data is on disk)"
+        );
+        if let Some(dir) = data_dir {
+            sync_filesystem_bounded(&dir, Duration::from_millis(SHUTDOWN_SYNC_GRACE_MS));
+        }
+        hard_exit(EXIT_SHUTDOWN_TIMED_OUT);
+    }
+}
+
+/// SIGTERM/SIGINT on a plain thread: the first begins the shutdown, a second exits at once.
+fn watch_signals(watchdog: Arc<ShutdownWatchdog>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("sluice-signals".into())
+        .spawn(move || {
+            let mut signalled = false;
+            for signal in signals.forever() {
+                let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+                if signalled {
+                    error!(signal = name, "second signal: exiting at once, without finishing the shutdown");
+                    hard_exit(EXIT_SIGNAL_BASE + signal);
+                }
+                info!(
+                    signal = name,
+                    shutdown_timeout_ms = watchdog.timeout.as_millis() as u64,
+                    "shutting down: stop accepting, drain connections, flush and checkpoint partitions \
+                     (a second signal exits at once)"
+                );
+                signalled = true;
+                watchdog.begin(name);
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("starting the signal thread: {e}"))?;
+    Ok(())
+}
+
+/// `syncfs` of the filesystem holding `dir`, waited for at most `grace` (a stuck disk must not
+/// keep the process alive): what a graceful shutdown would have fsynced reaches the disk if it can.
+fn sync_filesystem_bounded(dir: &std::path::Path, grace: Duration) {
+    let Ok(file) = std::fs::File::open(dir) else { return };
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("sluice-syncfs".into()).spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: syncfs(2) on a descriptor this closure owns for the duration of the call.
+        let rc = unsafe { libc::syncfs(file.as_raw_fd()) };
+        let _ = done_tx.send(rc);
+    });
+    if spawned.is_ok() && done_rx.recv_timeout(grace).is_err() {
+        warn!(grace_ms = grace.as_millis() as u64, "syncfs of the data directory did not finish in time");
+    }
+}
+
+/// Ends the process now: no destructor, no atexit handler, nothing that a stuck thread could hold.
+fn hard_exit(code: i32) -> ! {
+    // SAFETY: _exit(2) only ends the process; it touches no memory of this program.
+    unsafe { libc::_exit(code) }
 }

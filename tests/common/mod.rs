@@ -720,3 +720,22 @@ pub fn plain_batch(values: &[String]) -> bytes::Bytes {
     kafka_protocol::records::RecordBatchEncoder::encode(&mut buf, &records, &options).expect("encode record batch");
     buf.freeze()
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Appended for tests/hardening_lifecycle.rs.
+
+impl Broker {
+    /// Waits up to `timeout` for the process to exit (after `signal`): its status, or None while it
+    /// still runs (then it is SIGKILLed when the `Broker` is dropped). `restart` works after an exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("wait_exit: broker is not running");
+        let status = wait_with_deadline(child, timeout)?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// The broker's whole stdout+stderr (all its runs, appended).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_else(|e| format!("<cannot read broker log: {e}>"))
+    }
+}
