@@ -301,12 +301,35 @@ const INFLIGHT: usize = 2;
 /// Fetches each attacker pipelines: more than the writer, the queue and the reader can hold.
 const ATTACK_FETCHES: usize = INFLIGHT + 4;
 
+/// Idle time after which the broker closes a client that stopped reading.
+const STALL_IDLE_MS: u64 = 1_000;
+
+/// Connects and pipelines `ATTACK_FETCHES` fetches of the large record without reading: returns
+/// once the broker's writer is stuck on the first answer, its queue is full and its reader waits
+/// to queue one more (that many fetches have been handled).
+fn pipeline_until_stuck(broker: &Broker, metrics_addr: &str, topic: &str, what: &str) -> RawClient {
+    let fetches_before = metric_sum(&scrape(metrics_addr), "sluice_requests_total", "api=\"Fetch\"");
+    let mut client = RawClient::connect(broker);
+    let request = fetch_request(topic, i32::try_from(MAX_ANSWER_BYTES).expect("fits"));
+    let mut pipelined = Vec::new();
+    for _ in 0..ATTACK_FETCHES {
+        pipelined.extend_from_slice(&client.frame(&request, FETCH_VERSION));
+    }
+    client.stream.write_all(&pipelined).expect("pipeline fetches");
+    let stuck = (INFLIGHT + 2) as f64;
+    wait_until(&format!("{what}: {stuck} fetches handled"), RAW_IO_TIMEOUT, || {
+        metric_sum(&scrape(metrics_addr), "sluice_requests_total", "api=\"Fetch\"") >= fetches_before + stuck
+    });
+    client
+}
+
 #[test]
 fn dead_fetch_clients_release_their_slot_and_memory_at_once() {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let toml = format!(
         "metrics_listen = \"{metrics_addr}\"\nmax_connections_per_core = {SLOTS}\n\
-         max_inflight_requests_per_connection = {INFLIGHT}\nmax_message_bytes = {}\n",
+         max_inflight_requests_per_connection = {INFLIGHT}\nmax_message_bytes = {}\n\
+         connections_max_idle_ms = {STALL_IDLE_MS}\n",
         32 << 20
     );
     let mut broker = start(BrokerOptions { cores: 1, config_toml: Some(toml) });
@@ -327,20 +350,7 @@ fn dead_fetch_clients_release_their_slot_and_memory_at_once() {
     let mut rss_peak = rss_before;
 
     for attack in 0..ATTACKS {
-        let fetches_before = metric_sum(&scrape(&metrics_addr), "sluice_requests_total", "api=\"Fetch\"");
-        let mut client = RawClient::connect(&broker);
-        let request = fetch_request(&topic, max_bytes);
-        let mut pipelined = Vec::new();
-        for _ in 0..ATTACK_FETCHES {
-            pipelined.extend_from_slice(&client.frame(&request, FETCH_VERSION));
-        }
-        client.stream.write_all(&pipelined).expect("pipeline fetches");
-        // The writer is stuck on the first answer (the client reads nothing), the queue is full and
-        // the reader waits to queue one more: that many fetches have been handled.
-        let stuck = (INFLIGHT + 2) as f64;
-        wait_until(&format!("attack {attack}: {stuck} fetches handled"), RAW_IO_TIMEOUT, || {
-            metric_sum(&scrape(&metrics_addr), "sluice_requests_total", "api=\"Fetch\"") >= fetches_before + stuck
-        });
+        let client = pipeline_until_stuck(&broker, &metrics_addr, &topic, &format!("attack {attack}"));
         rss_peak = rss_peak.max(rss_kib(pid));
         drop(client);
         let left = Instant::now();
@@ -356,6 +366,17 @@ fn dead_fetch_clients_release_their_slot_and_memory_at_once() {
         }
         println!("attack {attack}: connection released {:?} after the client left", left.elapsed());
     }
+    // A client that stays connected but never reads is closed once nothing has moved for
+    // connections_max_idle_ms (its writer makes no progress): its slot and answers go too.
+    let stalled = pipeline_until_stuck(&broker, &metrics_addr, &topic, "stalled client");
+    let began = Instant::now();
+    wait_until(
+        "the broker to close the stalled connection",
+        Duration::from_millis(STALL_IDLE_MS) + RELEASE_TIMEOUT,
+        || metric(&metrics_addr, "sluice_connections") == 0.0,
+    );
+    println!("stalled client (connected, not reading) closed {:?} after it stalled", began.elapsed());
+    drop(stalled);
     let rss_after = rss_kib(pid);
     // A fresh client gets a slot and an answer.
     api_versions_ok(&broker).expect("fresh client after the attacks");
@@ -387,6 +408,16 @@ const IDLE_MS: u64 = 500;
 fn idle_connections_are_closed() {
     let toml = format!("connections_max_idle_ms = {IDLE_MS}\n");
     let broker = start(BrokerOptions { cores: 1, config_toml: Some(toml) });
+    // A connection waiting for its answer is not idle: a long-poll Fetch three idle times long.
+    let mut poller = RawClient::connect(&broker);
+    let topic = unique_topic("idle");
+    create_topic(&mut poller, &topic, &[]);
+    let long_poll = fetch_request(&topic, 1 << 20).with_max_wait_ms(3 * IDLE_MS as i32).with_min_bytes(1);
+    let polled = Instant::now();
+    let response = poller.call(&long_poll, FETCH_VERSION);
+    assert_eq!(response.error_code, ERROR_NONE, "long poll: {response:?}");
+    assert!(polled.elapsed() >= Duration::from_millis(2 * IDLE_MS), "long poll answered after {:?}", polled.elapsed());
+
     let began = Instant::now();
     // Silent from the start.
     let mut silent = wire::connect(broker.addr(), RAW_IO_TIMEOUT).expect("connect");

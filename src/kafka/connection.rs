@@ -61,11 +61,6 @@ impl RequestMemory {
         Rc::new(RequestMemory { capacity_bytes, available_bytes: Cell::new(capacity_bytes), released: Event::new() })
     }
 
-    /// Bytes reserved right now.
-    pub fn used_bytes(&self) -> usize {
-        self.capacity_bytes - self.available_bytes.get()
-    }
-
     /// Waits until `bytes` are free and reserves them. `bytes` must not exceed the capacity
     /// (`BrokerConfig::validate` keeps `max_request_size_bytes` within it).
     pub async fn reserve(self: &Rc<Self>, bytes: usize) -> RequestBytes {
@@ -269,14 +264,6 @@ async fn read_body<R: AsyncRead + Unpin>(r: &mut R, size: usize) -> Result<Bytes
     Ok(buf.freeze())
 }
 
-/// Why the reader stopped.
-enum ReadEnd {
-    /// The peer closed, broke a rule, or the broker is shutting down: answer what was read, then close.
-    Drain,
-    /// The connection is aborted: nothing more is written.
-    Aborted,
-}
-
 /// Serves one client connection until it closes, misbehaves, idles, or the broker shuts down.
 /// Returns once the socket is closed and nothing of the connection is left but handlers that are
 /// finishing (their answers are dropped).
@@ -293,9 +280,8 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, memory: Rc<Re
 
     let idle = Duration::from_millis(shard.config.connections_max_idle_ms);
     let reading = async {
-        if let ReadEnd::Drain = read_requests(&shard, &state, &memory, reader, tx, &peer).await {
-            // The writer answers what was read, then ends (and aborts).
-        }
+        read_requests(&shard, &state, &memory, reader, tx, &peer).await;
+        // The writer answers what was read (unless aborted), then ends the connection.
         state.wait_abort().await;
     };
     futures_lite::future::or(reading, async {
@@ -309,6 +295,9 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, memory: Rc<Re
     writer_task.await;
 }
 
+/// Reads requests and queues their handlers for the writer until the peer closes, sends a bad
+/// frame, the broker shuts down or the connection is aborted. Dropping `tx` on return tells the
+/// writer that nothing more comes.
 async fn read_requests(
     shard: &Rc<Shard>,
     state: &Rc<ConnectionState>,
@@ -316,25 +305,31 @@ async fn read_requests(
     mut reader: Metered<futures_lite::io::ReadHalf<TcpStream>>,
     tx: LocalSender<JoinHandle<Outcome>>,
     peer: &str,
-) -> ReadEnd {
+) {
     let max = shard.config.max_request_size_bytes;
     loop {
         let size = match until_stopped(shard, state, read_size(&mut reader, max)).await {
-            None => return ReadEnd::Drain,
+            None => return,
             Some(Ok(size)) => size,
-            Some(Err(e)) => return frame_error(e, peer),
+            Some(Err(e)) => {
+                log_frame_error(e, peer);
+                return;
+            }
         };
         let reserved = {
             let _busy = state.busy();
             match until_stopped(shard, state, memory.reserve(size)).await {
                 Some(r) => r,
-                None => return ReadEnd::Drain,
+                None => return,
             }
         };
         let frame = match until_stopped(shard, state, read_body(&mut reader, size)).await {
-            None => return ReadEnd::Drain,
+            None => return,
             Some(Ok(frame)) => frame,
-            Some(Err(e)) => return frame_error(e, peer),
+            Some(Err(e)) => {
+                log_frame_error(e, peer);
+                return;
+            }
         };
         shard.metrics.bytes_in.fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
         let (s, p, busy) = (shard.clone(), peer.to_string(), state.busy());
@@ -357,7 +352,7 @@ async fn read_requests(
         // queued answer.
         match state.unless_aborted(tx.send(task)).await {
             Some(Ok(())) => {}
-            Some(Err(_)) | None => return ReadEnd::Aborted,
+            Some(Err(_)) | None => return,
         }
     }
 }
@@ -368,12 +363,11 @@ async fn until_stopped<T>(shard: &Shard, state: &ConnectionState, work: impl Fut
     shard.unless_shutdown(state.unless_aborted(work)).await.flatten()
 }
 
-fn frame_error(e: FrameError, peer: &str) -> ReadEnd {
+fn log_frame_error(e: FrameError, peer: &str) {
     match e {
         FrameError::Disconnected(e) => debug!(peer = %peer, error = %e, "client disconnected"),
         e => warn_limited!(peer = %peer, error = %e, "bad frame: closing connection"),
     }
-    ReadEnd::Drain
 }
 
 /// Writes the answers in request order until the reader is done and everything is written, or
@@ -431,5 +425,34 @@ async fn write_answers(
     drop(rx);
     if clean {
         let _ = writer.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_memory_waits_until_bytes_are_given_back() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let memory = RequestMemory::new(100);
+                let first = memory.reserve(60).await;
+                let m = memory.clone();
+                let second = glommio::spawn_local(async move { m.reserve(60).await }).detach();
+                // The second reservation cannot be served while the first holds 60 of 100 bytes.
+                glommio::executor().yield_task_queue_now().await;
+                assert_eq!(memory.available_bytes.get(), 40);
+                let small = memory.reserve(40).await;
+                drop(small);
+                drop(first);
+                let second = second.await.expect("second reservation");
+                assert_eq!(memory.available_bytes.get(), 40);
+                drop(second);
+                assert_eq!(memory.available_bytes.get(), 100);
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
     }
 }
