@@ -105,6 +105,9 @@ impl Default for ReplicationConfig {
     }
 }
 
+/// Longest `connections_max_idle_ms` (a year): timers further out would overflow `Instant`.
+pub const MAX_CONNECTIONS_MAX_IDLE_MS: u64 = 365 * 24 * 3600 * 1000;
+
 /// Largest cluster `cluster.peers` may describe (a bound for every per-peer table built from it).
 pub const MAX_CLUSTER_PEERS: usize = 64;
 
@@ -341,7 +344,10 @@ impl BrokerConfig {
         }
         anyhow::ensure!(self.max_request_size_bytes >= 1024, "max_request_size_bytes must be >= 1024");
         anyhow::ensure!(self.max_inflight_requests_per_connection >= 1, "max_inflight_requests_per_connection >= 1");
-        anyhow::ensure!(self.connections_max_idle_ms >= 1, "connections_max_idle_ms must be >= 1");
+        anyhow::ensure!(
+            (1..=MAX_CONNECTIONS_MAX_IDLE_MS).contains(&self.connections_max_idle_ms),
+            "connections_max_idle_ms must be in 1..={MAX_CONNECTIONS_MAX_IDLE_MS}"
+        );
         anyhow::ensure!(
             self.queued_max_request_bytes >= self.max_request_size_bytes,
             "queued_max_request_bytes ({}) must be >= max_request_size_bytes ({}): a request of the largest size must fit",
