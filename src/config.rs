@@ -41,6 +41,13 @@ pub struct BrokerConfig {
     pub max_connections_per_core: usize,
     /// Requests read from one connection and not yet answered.
     pub max_inflight_requests_per_connection: usize,
+    /// A connection with no bytes moving and no request being handled for this long is closed
+    /// (Kafka `connections.max.idle.ms`).
+    pub connections_max_idle_ms: u64,
+    /// Bytes of requests being received or handled per core (Kafka `queued.max.request.bytes`): a
+    /// request's size is reserved before its body is read; when none is left, connections stop
+    /// reading until handlers finish. At least `max_request_size_bytes`.
+    pub queued_max_request_bytes: usize,
     /// Upper bound applied to a Fetch's `max_wait_ms`.
     pub max_fetch_wait_ms: u64,
     /// Cross-core channel capacity (messages per peer pair).
@@ -106,6 +113,9 @@ impl Default for ReplicationConfig {
         }
     }
 }
+
+/// Longest `connections_max_idle_ms` (a year): timers further out would overflow `Instant`.
+pub const MAX_CONNECTIONS_MAX_IDLE_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// Largest cluster `cluster.peers` may describe (a bound for every per-peer table built from it).
 pub const MAX_CLUSTER_PEERS: usize = 64;
@@ -287,6 +297,8 @@ impl Default for BrokerConfig {
             max_message_bytes: 1_048_588,
             max_connections_per_core: 10_000,
             max_inflight_requests_per_connection: 32,
+            connections_max_idle_ms: 600_000,
+            queued_max_request_bytes: 256 << 20,
             max_fetch_wait_ms: 30_000,
             cross_core_channel_capacity: 1024,
             io_memory_bytes: 8 << 20,
@@ -346,6 +358,16 @@ impl BrokerConfig {
         );
         anyhow::ensure!(self.max_request_size_bytes >= 1024, "max_request_size_bytes must be >= 1024");
         anyhow::ensure!(self.max_inflight_requests_per_connection >= 1, "max_inflight_requests_per_connection >= 1");
+        anyhow::ensure!(
+            (1..=MAX_CONNECTIONS_MAX_IDLE_MS).contains(&self.connections_max_idle_ms),
+            "connections_max_idle_ms must be in 1..={MAX_CONNECTIONS_MAX_IDLE_MS}"
+        );
+        anyhow::ensure!(
+            self.queued_max_request_bytes >= self.max_request_size_bytes,
+            "queued_max_request_bytes ({}) must be >= max_request_size_bytes ({}): a request of the largest size must fit",
+            self.queued_max_request_bytes,
+            self.max_request_size_bytes
+        );
         anyhow::ensure!(self.default_partitions >= 1, "default_partitions must be >= 1");
         anyhow::ensure!(self.cross_core_channel_capacity >= 1, "cross_core_channel_capacity >= 1");
         anyhow::ensure!(self.metrics_publish_interval_ms >= 10, "metrics_publish_interval_ms must be >= 10");

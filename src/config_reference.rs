@@ -33,6 +33,8 @@ pub const BROKER_OPTIONS: &[OptionDoc] = &[
     opt("max_message_bytes", "bytes", "Largest record batch accepted (Kafka `message.max.bytes`); default of the topic config `max.message.bytes`."),
     opt("max_connections_per_core", "count", "Open client connections per core; further connections are closed at once."),
     opt("max_inflight_requests_per_connection", "count", "Requests read from one connection and not yet answered."),
+    opt("connections_max_idle_ms", "ms", "A connection with no bytes moving in either direction and no request being handled for this long is closed (Kafka `connections.max.idle.ms`). A client that stops reading its answers or stops in the middle of a request counts as idle. At most a year."),
+    opt("queued_max_request_bytes", "bytes", "Bytes of requests being received or handled per core (Kafka `queued.max.request.bytes`): a request's size is reserved before its body is read and given back when its handler is done; when none is left, connections stop reading (TCP backpressure) until bytes are given back. Must be at least `max_request_size_bytes`."),
     opt("max_fetch_wait_ms", "ms", "Upper bound applied to a Fetch's `max_wait_ms`."),
     opt("cross_core_channel_capacity", "messages", "Cross-core channel capacity per pair of cores."),
     opt("io_memory_bytes", "bytes", "glommio DMA memory per core, locked in RAM: size `LimitMEMLOCK` from it (`sluice tune` checks)."),

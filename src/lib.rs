@@ -17,6 +17,7 @@ pub mod config_reference;
 pub mod controller;
 pub mod groups;
 pub mod kafka;
+pub mod log_limit;
 pub mod metrics;
 pub mod partition;
 pub mod producer_state;

@@ -168,7 +168,18 @@ enum TopicAction {
     Delete { name: String },
 }
 
+/// Blocks of this size or more get their own mapping from glibc's allocator and go back to the
+/// kernel when freed. glibc raises the threshold by itself after the first large block is freed,
+/// after which large request and response buffers (up to `max_request_size_bytes`) come from a heap
+/// that never shrinks: a burst of 20 MiB fetch answers left RSS at 200 MiB instead of 20 MiB.
+const MALLOC_MMAP_THRESHOLD_BYTES: libc::c_int = 1 << 20;
+
 fn main() -> ExitCode {
+    // SAFETY: mallopt(3) before any thread exists; it only tunes the allocator.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES);
+    }
     let cli = Cli::parse();
     // The flag wins over SLUICE_LOG; both were validated (the flag by clap).
     let filter = match &cli.log_level {

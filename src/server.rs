@@ -35,6 +35,30 @@ const EXIT_SHUTDOWN_TIMED_OUT: i32 = 3;
 const EXIT_SIGNAL_BASE: i32 = 128;
 /// How long the watchdog lets `syncfs` of the data directory run before it exits anyway.
 const SHUTDOWN_SYNC_GRACE_MS: u64 = 1_000;
+/// First pause after a failed `accept` (out of descriptors, ...); doubled on each further failure.
+const ACCEPT_BACKOFF_MIN_MS: u64 = 10;
+/// Longest pause between `accept` attempts while they keep failing.
+const ACCEPT_BACKOFF_MAX_MS: u64 = 1_000;
+
+/// Pauses between failing `accept` calls: `ACCEPT_BACKOFF_MIN_MS` doubling up to
+/// `ACCEPT_BACKOFF_MAX_MS`, back to the start after a success.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    fn next_pause(&mut self) -> Duration {
+        let ms = ACCEPT_BACKOFF_MIN_MS.saturating_mul(1u64 << self.failures.min(20)).min(ACCEPT_BACKOFF_MAX_MS);
+        self.failures = self.failures.saturating_add(1);
+        debug_assert!((ACCEPT_BACKOFF_MIN_MS..=ACCEPT_BACKOFF_MAX_MS).contains(&ms), "accept pause {ms} ms");
+        Duration::from_millis(ms)
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
 
 /// Runs the broker until a signal; returns when every core has shut down cleanly.
 pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
@@ -252,18 +276,32 @@ async fn core_main(
 
     let open = Rc::new(Cell::new(0usize));
     let closed = Rc::new(Event::new());
+    let memory = crate::kafka::RequestMemory::new(config.queued_max_request_bytes);
+    let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = shard.unless_shutdown(listener.accept()).await;
         let stream = match accepted {
             None => break,
-            Some(Ok(s)) => s,
+            Some(Ok(s)) => {
+                backoff.reset();
+                s
+            }
             Some(Err(e)) => {
-                warn!(core = id, error = %e, "accept failed");
+                // EMFILE, ENFILE, ENOBUFS...: retrying at once cannot succeed and spins the core.
+                let pause = backoff.next_pause();
+                crate::warn_limited!(core = id, error = %e, pause_ms = pause.as_millis() as u64, "accept failed: pausing");
+                if shard.unless_shutdown(glommio::timer::sleep(pause)).await.is_none() {
+                    break;
+                }
                 continue;
             }
         };
         if open.get() >= config.max_connections_per_core {
-            warn!(core = id, limit = config.max_connections_per_core, "connection limit reached: refusing");
+            crate::warn_limited!(
+                core = id,
+                limit = config.max_connections_per_core,
+                "connection limit reached: refusing"
+            );
             shard.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
             drop(stream);
             continue;
@@ -271,9 +309,9 @@ async fn core_main(
         open.set(open.get() + 1);
         shard.metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
         shard.metrics.connections_open.store(open.get() as i64, Ordering::Relaxed);
-        let (s, open, closed) = (shard.clone(), open.clone(), closed.clone());
+        let (s, open, closed, memory) = (shard.clone(), open.clone(), closed.clone(), memory.clone());
         glommio::spawn_local(async move {
-            crate::kafka::serve_connection(s.clone(), stream).await;
+            crate::kafka::serve_connection(s.clone(), stream, memory).await;
             open.set(open.get() - 1);
             s.metrics.connections_open.store(open.get() as i64, Ordering::Relaxed);
             closed.notify(usize::MAX);
@@ -485,4 +523,21 @@ fn sync_filesystem_bounded(dir: &std::path::Path, grace: Duration) {
 fn hard_exit(code: i32) -> ! {
     // SAFETY: _exit(2) only ends the process; it touches no memory of this program.
     unsafe { libc::_exit(code) }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_doubles_up_to_its_cap_and_resets() {
+        let mut b = AcceptBackoff::default();
+        let pauses: Vec<u64> = (0..10).map(|_| b.next_pause().as_millis() as u64).collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        for _ in 0..100 {
+            b.next_pause();
+        }
+        assert_eq!(b.next_pause(), Duration::from_millis(ACCEPT_BACKOFF_MAX_MS));
+        b.reset();
+        assert_eq!(b.next_pause(), Duration::from_millis(ACCEPT_BACKOFF_MIN_MS));
+    }
 }

@@ -1,10 +1,11 @@
-//! The Kafka protocol front end: one module per API group, and the connection loop that reads
-//! size-prefixed frames, decodes them with kafka-protocol, runs handlers concurrently (up to
-//! `max_inflight_requests_per_connection`) and writes responses in request order, as Kafka requires.
-//! A garbage or oversized frame closes that connection (with a log line); other connections go on.
+//! The Kafka protocol front end: one module per API group, the connection loop (`connection`:
+//! frames in, answers out in request order), and the dispatch of one decoded request to its handler
+//! (`handle_frame`). A garbage or oversized frame closes that connection (with a rate-limited log
+//! line); other connections go on.
 
 pub mod admin;
 pub mod api_versions;
+pub mod connection;
 pub mod delete_records;
 pub mod fetch;
 pub mod groups;
@@ -14,27 +15,19 @@ pub mod produce;
 pub mod producer_ids;
 pub mod response;
 
-use std::rc::Rc;
-use std::sync::atomic::Ordering;
+pub use connection::{serve_connection, RequestMemory};
 
-use bytes::{Bytes, BytesMut};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use std::rc::Rc;
+
+use crate::shard::Shard;
+use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};
 use kafka_protocol::protocol::Decodable;
-use tracing::{debug, warn};
-
-use crate::shard::Shard;
 use response::{Chunk, RecordsSplice};
 
-/// Bytes read from the socket per read call while assembling a frame.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
-/// Pieces smaller than this are coalesced into one write.
-const COALESCE_BYTES: usize = 64 * 1024;
-
 /// What a handler produced.
-enum Outcome {
+pub(crate) enum Outcome {
     /// Frame pieces to write.
     Respond(Vec<Chunk>),
     /// Nothing to write (acks=0 produce).
@@ -43,117 +36,9 @@ enum Outcome {
     Close(String),
 }
 
-#[derive(Debug, thiserror::Error)]
-enum FrameError {
-    #[error("connection closed")]
-    Eof,
-    #[error("frame size {0} outside [8, {1}]")]
-    BadSize(i64, usize),
-    #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-async fn read_frame<R: futures_lite::AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Bytes, FrameError> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Eof),
-        Err(e) => return Err(e.into()),
-    }
-    let size = i32::from_be_bytes(len) as i64;
-    if size < 8 || size as usize > max {
-        return Err(FrameError::BadSize(size, max));
-    }
-    let size = size as usize;
-    // Grow with what actually arrives: a large size prefix alone does not allocate it all.
-    let mut buf = BytesMut::with_capacity(size.min(READ_CHUNK_BYTES));
-    while buf.len() < size {
-        let want = (size - buf.len()).min(READ_CHUNK_BYTES);
-        let start = buf.len();
-        buf.resize(start + want, 0);
-        let n = r.read(&mut buf[start..]).await?;
-        buf.truncate(start + n);
-        if n == 0 {
-            return Err(FrameError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "truncated frame")));
-        }
-    }
-    Ok(buf.freeze())
-}
-
-/// Serves one client connection until it closes, misbehaves, or the broker shuts down.
-pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) {
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let _ = stream.set_nodelay(true);
-    let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let (tx, rx) = glommio::channels::local_channel::new_bounded::<glommio::task::JoinHandle<Outcome>>(
-        shard.config.max_inflight_requests_per_connection,
-    );
-    let writer_peer = peer.clone();
-    let metrics = shard.metrics.clone();
-    let writer_task = glommio::spawn_local(async move {
-        while let Some(handle) = rx.recv().await {
-            match handle.await {
-                Some(Outcome::Respond(chunks)) => {
-                    let bytes: usize = chunks.iter().map(|c| c.len()).sum();
-                    metrics.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
-                    if let Err(e) = crate::socket_write::write_coalesced(
-                        &mut writer,
-                        chunks.iter().map(|c| c.bytes()),
-                        COALESCE_BYTES,
-                    )
-                    .await
-                    {
-                        debug!(peer = %writer_peer, error = %e, "write failed");
-                        break;
-                    }
-                }
-                Some(Outcome::Silent) => {}
-                Some(Outcome::Close(why)) => {
-                    warn!(peer = %writer_peer, reason = %why, "closing connection");
-                    break;
-                }
-                None => break,
-            }
-        }
-        let _ = writer.close().await;
-    });
-    let max = shard.config.max_request_size_bytes;
-    loop {
-        let frame = futures_lite::future::or(async { Some(read_frame(&mut reader, max).await) }, async {
-            shard.wait_shutdown().await;
-            None
-        })
-        .await;
-        let frame = match frame {
-            None => break,
-            Some(Ok(f)) => f,
-            Some(Err(FrameError::Eof)) => break,
-            Some(Err(e)) => {
-                warn!(peer = %peer, error = %e, "bad frame: closing connection");
-                break;
-            }
-        };
-        shard.metrics.bytes_in.fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
-        let s = shard.clone();
-        let p = peer.clone();
-        let task = glommio::spawn_local(async move {
-            let began = std::time::Instant::now();
-            // read_frame guarantees at least 8 bytes (key, version, correlation id).
-            let key = i16::from_be_bytes([frame[0], frame[1]]);
-            let outcome = handle_frame(&s, frame, &p).await;
-            s.metrics.record_request(key, began.elapsed(), matches!(outcome, Outcome::Close(_)));
-            outcome
-        })
-        .detach();
-        if tx.send(task).await.is_err() {
-            break;
-        }
-    }
-    drop(tx);
-    writer_task.await;
-}
-
-async fn handle_frame(shard: &Rc<Shard>, mut frame: Bytes, peer: &str) -> Outcome {
+/// Decodes one request frame (at least 8 bytes: key, version, correlation id), runs its handler
+/// and encodes the answer.
+pub(crate) async fn handle_frame(shard: &Rc<Shard>, mut frame: Bytes, peer: &str) -> Outcome {
     let key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
