@@ -33,7 +33,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use common::cluster::call;
+use common::cluster::{call, temp_dir, DevCluster};
 use common::{free_port, plain_batch, unique_topic, Broker, BrokerOptions};
 
 const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -386,8 +386,12 @@ fn a_restart_with_more_partitions_than_descriptors_still_listens() {
         panic!("broker under nofile 400 {e}; log tail:\n{tail}");
     }
     // One clear line saying what was left closed and why, not one per partition.
-    let lines = log.lines().filter(|l| l.contains("partitions left closed: not enough file descriptors")).count();
-    assert!(lines >= 1 && lines <= 2, "one summary line per core; log tail:\n{tail}");
+    let summaries: Vec<&str> =
+        log.lines().filter(|l| l.contains("partitions left closed: not enough file descriptors")).collect();
+    assert!((1..=2).contains(&summaries.len()), "one summary line per core at most; log tail:\n{tail}");
+    for line in &summaries {
+        eprintln!("{line}");
+    }
     // Committed offsets are opened first and still served.
     let offsets = {
         let request = OffsetFetchRequest::default().with_group_id(GroupId(s("g-many"))).with_topics(Some(vec![
@@ -405,4 +409,81 @@ fn a_restart_with_more_partitions_than_descriptors_still_listens() {
         assert!(Instant::now() < deadline, "broker did not exit after SIGTERM");
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_cluster_refuses_the_same_changes_through_its_controller() {
+    let root = temp_dir("sluice-admin-cluster-");
+    let cluster = DevCluster::start(root.path());
+    let offsets_partitions = cluster.wait_until("__consumer_offsets created", Duration::from_secs(30), || {
+        let view = cluster.metadata(Some(&[OFFSETS_TOPIC]))?;
+        let t = view.topic(OFFSETS_TOPIC)?;
+        if t.error_code == 0 && !t.partitions.is_empty() {
+            Ok(t.partitions.len())
+        } else {
+            Err(format!("{t:?}"))
+        }
+    });
+    let controller = cluster.kafka_addr(cluster.controller(Duration::from_secs(20)));
+
+    let delete = DeleteTopicsRequest::default().with_topic_names(vec![name(OFFSETS_TOPIC)]).with_timeout_ms(10_000);
+    let answer = call(controller, &delete, 4).expect("DeleteTopics");
+    assert_eq!(answer.responses[0].error_code, TOPIC_AUTHORIZATION_FAILED, "{:?}", answer.responses[0]);
+    let incremental = IncrementalAlterConfigsRequest::default().with_resources(vec![IncrementalResource::default()
+        .with_resource_type(2)
+        .with_resource_name(s(OFFSETS_TOPIC))
+        .with_configs(vec![IncrementalConfig::default()
+            .with_name(s("retention.ms"))
+            .with_config_operation(0)
+            .with_value(Some(s("1")))])]);
+    let answer = call(controller, &incremental, 1).expect("IncrementalAlterConfigs");
+    assert_eq!(answer.responses[0].error_code, TOPIC_AUTHORIZATION_FAILED, "{:?}", answer.responses[0]);
+    let grow =
+        CreatePartitionsRequest::default().with_timeout_ms(10_000).with_topics(vec![CreatePartitionsTopic::default()
+            .with_name(name(OFFSETS_TOPIC))
+            .with_count(offsets_partitions as i32 + 1)]);
+    let answer = call(controller, &grow, 1).expect("CreatePartitions");
+    assert_eq!(answer.results[0].error_code, TOPIC_AUTHORIZATION_FAILED, "{:?}", answer.results[0]);
+    let all: MetadataResponse = call(controller, &MetadataRequest::default().with_topics(None), 12).expect("Metadata");
+    let offsets = all.topics.iter().find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == OFFSETS_TOPIC));
+    assert!(offsets.is_some_and(|t| t.is_internal), "__consumer_offsets is internal: {offsets:?}");
+
+    // The defaults: 10,000 partitions per request, 1,000 per core (dev-cluster brokers have one).
+    let huge = unique_topic("huge");
+    let (code, message) = cluster.create_topic_result(&huge, 10_001, 1, &[]);
+    assert_eq!(code, POLICY_VIOLATION, "{message}");
+    let wide = unique_topic("wide");
+    let (code, message) = cluster.create_topic_result(&wide, 1_001, 3, &[]);
+    assert_eq!(code, INVALID_PARTITIONS, "{message}");
+    assert!(message.contains("max_partitions_per_core"), "{message}");
+    let view = cluster.metadata(None).expect("Metadata");
+    assert!(view.topic(&huge).is_err() && view.topic(&wide).is_err(), "nothing created: {:?}", view.topics);
+    assert_eq!(view.topic(OFFSETS_TOPIC).map(|t| t.partitions.len()).ok(), Some(offsets_partitions));
+}
+
+#[test]
+fn a_topic_whose_partition_cannot_be_opened_is_reported_and_taken_back() {
+    const KAFKA_STORAGE_ERROR: i16 = 56;
+    let broker = Broker::start();
+    let topic = unique_topic("unopenable");
+    let other = unique_topic("fine");
+    // A file where partition 1's directory must go: that partition cannot be opened.
+    fs::write(broker.data_dir().join(format!("{topic}-1")), b"not a directory").expect("write blocker");
+
+    let answer = create_topics(&broker, &[(&topic, 3), (&other, 2)]);
+    let results = create_results(&answer);
+    let (_, code, message) = results.iter().find(|(t, _, _)| *t == topic).expect("result for the topic");
+    assert_eq!(*code, KAFKA_STORAGE_ERROR, "{message}");
+    assert!(message.contains(&format!("{topic}-1")) && message.contains("not created"), "{message}");
+    let (_, code, message) = results.iter().find(|(t, _, _)| *t == other).expect("result for the other topic");
+    assert_eq!(*code, 0, "the other topic of the request is created: {message}");
+
+    // Taken back: unknown to Metadata, the partitions that did open are gone from disk.
+    assert_eq!(partition_count(&broker, &topic), None);
+    for p in [0, 2] {
+        let dir = broker.data_dir().join(format!("{topic}-{p}"));
+        assert!(!dir.exists(), "{} removed", dir.display());
+    }
+    assert_eq!(partition_count(&broker, &other), Some(2));
+    assert_eq!(produce(&broker, &other, 1), 0);
 }
