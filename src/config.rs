@@ -44,6 +44,9 @@ pub struct BrokerConfig {
     /// Partitions of `__consumer_offsets`, fixed when the topic is first created
     /// (Kafka `offsets.topic.num.partitions`, default 50 there).
     pub offsets_topic_partitions: u32,
+    /// Topics clients may not delete, reconfigure or give more partitions (Redpanda
+    /// `kafka_nodelete_topics`); by default the internal `__consumer_offsets`.
+    pub protected_topics: Vec<String>,
     /// Most partitions one CreateTopics or CreatePartitions request may add (all its topics
     /// together); a larger request is refused as a whole with POLICY_VIOLATION.
     pub max_partitions_per_request: u32,
@@ -294,6 +297,7 @@ impl Default for BrokerConfig {
             io_memory_bytes: 8 << 20,
             retention_check_interval_ms: 60_000,
             offsets_topic_partitions: 16,
+            protected_topics: vec![crate::groups::offsets_log::OFFSETS_TOPIC.to_string()],
             max_partitions_per_request: 10_000,
             max_partitions_per_core: 1000,
             descriptors_per_partition: 4,

@@ -458,7 +458,7 @@ pub async fn delete_topics(shard: &Rc<Shard>, cp: &ControlPlane, names: Vec<Stri
         let existing = cp.state().topics.get(&name).map(|t| (t.id, t.partitions.len() as i32));
         let (id, partitions) = existing.unwrap_or(([0; 16], 0));
         if existing.is_some() {
-            if let Err(refusal) = topic_limits::refuse_internal_change(&name, "deleted") {
+            if let Err(refusal) = topic_limits::refuse_protected_change(&shard.config, &name, "deleted") {
                 out.push(refused(name, id, partitions, refusal));
                 continue;
             }
@@ -503,7 +503,7 @@ pub async fn create_partitions(
             continue;
         };
         let current = t.partitions.len() as i32;
-        let checked = topic_limits::refuse_internal_change(&name, "given more partitions")
+        let checked = topic_limits::refuse_protected_change(&shard.config, &name, "given more partitions")
             .and_then(|()| topic_limits::validate_partition_increase(current, count));
         let added = match checked {
             Ok(added) => added,
@@ -564,7 +564,7 @@ pub async fn alter_topic_configs(
             continue;
         };
         let (id, partitions) = (t.id, t.partitions.len() as i32);
-        if let Err(refusal) = topic_limits::refuse_internal_change(&c.topic, "reconfigured") {
+        if let Err(refusal) = topic_limits::refuse_protected_change(&shard.config, &c.topic, "reconfigured") {
             out.push(refused(c.topic, id, partitions, refusal));
             continue;
         }

@@ -884,7 +884,7 @@ impl Shard {
                 out.push(refused(name, [0; 16], 0, (ResponseError::UnknownTopicOrPartition, msg)));
                 continue;
             };
-            if let Err(refusal) = topic_limits::refuse_internal_change(&name, "deleted") {
+            if let Err(refusal) = topic_limits::refuse_protected_change(&self.config, &name, "deleted") {
                 out.push(refused(name, t.id, t.shards.len() as i32, refusal));
                 continue;
             }
@@ -933,7 +933,7 @@ impl Shard {
                 continue;
             };
             let current = t.shards.len() as i32;
-            let checked = topic_limits::refuse_internal_change(&name, "given more partitions")
+            let checked = topic_limits::refuse_protected_change(&self.config, &name, "given more partitions")
                 .and_then(|()| topic_limits::validate_partition_increase(current, count))
                 .and_then(|added| budget.admit(self.config.node_id, hosted, added, true).map(|()| added));
             let added = match checked {
@@ -991,7 +991,7 @@ impl Shard {
                 continue;
             };
             let partitions = meta.shards.len() as i32;
-            if let Err(refusal) = topic_limits::refuse_internal_change(&c.topic, "reconfigured") {
+            if let Err(refusal) = topic_limits::refuse_protected_change(&self.config, &c.topic, "reconfigured") {
                 out.push(refused(c.topic, meta.id, partitions, refusal));
                 continue;
             }

@@ -35,22 +35,21 @@ pub fn is_internal(topic: &str) -> bool {
     INTERNAL_TOPICS.contains(&topic)
 }
 
-/// Refuses a client's change (`action`: "deleted", "reconfigured", "given more partitions") to an
-/// internal topic.
+/// Refuses a client's change (`action`: "deleted", "reconfigured", "given more partitions") to a
+/// protected topic (`protected_topics`, by default `__consumer_offsets`).
 ///
 /// Kafka itself lets an authorized principal delete or reconfigure `__consumer_offsets` (its brokers
-/// protect it only through ACLs: TOPIC_AUTHORIZATION_FAILED), and Redpanda refuses it by default
-/// (`kafka_nodelete_topics`) with TOPIC_AUTHORIZATION_FAILED. This broker has no ACLs, and losing
-/// that topic loses every committed offset, so it is always refused, with that code.
-pub fn refuse_internal_change(topic: &str, action: &str) -> Result<(), Refusal> {
-    if !is_internal(topic) {
+/// protect it only through ACLs, answering TOPIC_AUTHORIZATION_FAILED), and Redpanda refuses it by
+/// default (`kafka_nodelete_topics`) with TOPIC_AUTHORIZATION_FAILED. This broker has no ACLs, and
+/// losing that topic loses every committed offset, so it does as Redpanda does, with that code.
+pub fn refuse_protected_change(config: &BrokerConfig, topic: &str, action: &str) -> Result<(), Refusal> {
+    if !config.protected_topics.iter().any(|t| t == topic) {
         return Ok(());
     }
+    let why = if is_internal(topic) { "internal to the broker" } else { "protected" };
     Err((
         ResponseError::TopicAuthorizationFailed,
-        format!(
-            "Topic {topic} is internal to the broker (it holds committed offsets) and cannot be {action} by a client."
-        ),
+        format!("Topic {topic} is {why} (protected_topics) and cannot be {action} by a client."),
     ))
 }
 
@@ -363,11 +362,13 @@ mod tests {
         assert!(is_internal("__transaction_state"));
         assert!(!is_internal("__my_own_topic"));
         assert!(!is_internal("orders"));
-        assert_eq!(
-            refuse_internal_change("__consumer_offsets", "deleted").unwrap_err().0,
-            ResponseError::TopicAuthorizationFailed
-        );
-        assert!(refuse_internal_change("orders", "deleted").is_ok());
+        let config = BrokerConfig::default();
+        let refusal = refuse_protected_change(&config, "__consumer_offsets", "deleted").unwrap_err();
+        assert_eq!(refusal.0, ResponseError::TopicAuthorizationFailed);
+        assert!(refusal.1.contains("internal"), "{}", refusal.1);
+        assert!(refuse_protected_change(&config, "orders", "deleted").is_ok());
+        let open = BrokerConfig { protected_topics: Vec::new(), ..BrokerConfig::default() };
+        assert!(refuse_protected_change(&open, "__consumer_offsets", "deleted").is_ok());
         assert_eq!(refuse_internal_creation("__consumer_offsets").unwrap_err().0, ResponseError::InvalidRequest);
     }
 
