@@ -277,7 +277,7 @@ fn broker_pid(data_dir: &Path) -> i32 {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
         let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
         let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if args.iter().any(|a| a == "serve") && args.iter().any(|a| *a == wanted) {
+        if args.iter().any(|a| a == "serve") && args.contains(&wanted) {
             return pid;
         }
     }
