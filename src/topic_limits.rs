@@ -8,6 +8,7 @@
 //! descriptor limit; it changes no catalog and opens no partition.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use kafka_protocol::error::ResponseError;
 use tracing::{info, warn};
@@ -23,8 +24,7 @@ pub const INTERNAL_TOPICS: &[&str] = &[OFFSETS_TOPIC, "__transaction_state", "__
 
 /// Descriptors a partition holds open besides its segment files: the directory lock.
 const DESCRIPTORS_PER_PARTITION_BASE: u64 = 1;
-/// A partition opened at start-up is refused when fewer descriptors than this would be left,
-/// counted before the partitions of this many opens are re-counted from `/proc/self/fd`.
+/// Partition opens between two counts of `/proc/self/fd` (a count reads one entry per descriptor).
 const OPENS_BETWEEN_DESCRIPTOR_COUNTS: u32 = 32;
 
 /// An error for a client: the Kafka code and the message that goes with it.
@@ -296,50 +296,65 @@ impl PartitionBudget {
     }
 }
 
-/// Keeps partition opens on one core within the descriptor limit (start-up, or a catalog change):
-/// a partition whose files would eat into `reserved_descriptors` is not opened, so the listeners
-/// and connections always have descriptors (an accept failing with EMFILE makes the broker
-/// unreachable). Re-counts `/proc/self/fd` every few opens, since other cores open files too.
+/// Descriptors the process is believed to have open, shared by every core's [`OpenGuard`]: a
+/// count of `/proc/self/fd` plus what partition opens took since (so that cores opening partitions
+/// at the same time see each other's).
+static OPEN_DESCRIPTORS_ESTIMATE: AtomicU64 = AtomicU64::new(0);
+/// Partition opens since `/proc/self/fd` was last counted.
+static OPENS_SINCE_COUNT: AtomicU32 = AtomicU32::new(0);
+
+/// Keeps partition opens within the descriptor limit (start-up, or a catalog change): a partition
+/// whose files would eat into `reserved_descriptors` is not opened, so the listeners and
+/// connections always have descriptors (an accept failing with EMFILE makes the broker
+/// unreachable). Re-counts `/proc/self/fd` every few opens, and before refusing.
 pub struct OpenGuard {
     limit: Option<u64>,
     reserved: u64,
-    open: u64,
-    since_count: u32,
 }
 
 impl OpenGuard {
     pub fn new(config: &BrokerConfig) -> Self {
-        OpenGuard {
-            limit: descriptor_limit(),
-            reserved: config.reserved_descriptors,
-            open: open_descriptors().unwrap_or(0),
-            since_count: 0,
+        let limit = descriptor_limit();
+        if limit.is_some() {
+            recount();
         }
+        OpenGuard { limit, reserved: config.reserved_descriptors }
     }
 
     /// Takes `needed` descriptors for a partition about to be opened, or says why not.
     pub fn take(&mut self, needed: u64) -> Result<(), String> {
         let Some(limit) = self.limit else { return Ok(()) };
-        if self.since_count >= OPENS_BETWEEN_DESCRIPTOR_COUNTS {
-            self.open = open_descriptors().unwrap_or(self.open);
-            self.since_count = 0;
+        if OPENS_SINCE_COUNT.fetch_add(1, Ordering::Relaxed) >= OPENS_BETWEEN_DESCRIPTOR_COUNTS {
+            recount();
         }
         let usable = limit.saturating_sub(self.reserved);
-        if self.open.saturating_add(needed) > usable {
-            // Others may have closed files since the last count: look once more before refusing.
-            self.open = open_descriptors().unwrap_or(self.open);
-            self.since_count = 0;
-            if self.open.saturating_add(needed) > usable {
-                return Err(format!(
-                    "not opened: it needs {needed} file descriptors, {} are open and the limit is {limit} \
-                     (RLIMIT_NOFILE) less {} kept for connections (reserved_descriptors); raise LimitNOFILE",
-                    self.open, self.reserved
-                ));
-            }
+        let taken = OPEN_DESCRIPTORS_ESTIMATE.fetch_add(needed, Ordering::Relaxed) + needed;
+        if taken <= usable {
+            return Ok(());
         }
-        self.open += needed;
-        self.since_count += 1;
-        Ok(())
+        // Files may have been closed since the last count: look once more before refusing.
+        let open = recount();
+        if open + needed <= usable {
+            OPEN_DESCRIPTORS_ESTIMATE.fetch_add(needed, Ordering::Relaxed);
+            return Ok(());
+        }
+        Err(format!(
+            "not opened: it needs {needed} file descriptors, {open} are open and the limit is {limit} \
+             (RLIMIT_NOFILE) less {} kept for connections (reserved_descriptors); raise LimitNOFILE",
+            self.reserved
+        ))
+    }
+}
+
+/// Counts `/proc/self/fd` into the shared estimate; returns the count.
+fn recount() -> u64 {
+    OPENS_SINCE_COUNT.store(0, Ordering::Relaxed);
+    match open_descriptors() {
+        Some(open) => {
+            OPEN_DESCRIPTORS_ESTIMATE.store(open, Ordering::Relaxed);
+            open
+        }
+        None => OPEN_DESCRIPTORS_ESTIMATE.load(Ordering::Relaxed),
     }
 }
 
