@@ -5,7 +5,8 @@
 //!
 //! Every check here runs before anything is created, and answers a Kafka error code with a message
 //! saying which limit was hit and how to change it. This module reads counts and the process's
-//! descriptor limit; it changes no catalog and opens no partition.
+//! descriptor limit (and raises its soft limit to the hard one, once, at start); it changes no
+//! catalog and opens no partition.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
