@@ -297,7 +297,7 @@ impl Default for BrokerConfig {
             io_memory_bytes: 8 << 20,
             retention_check_interval_ms: 60_000,
             offsets_topic_partitions: 16,
-            protected_topics: vec![crate::groups::offsets_log::OFFSETS_TOPIC.to_string()],
+            protected_topics: vec![crate::topics::CONSUMER_OFFSETS_TOPIC.to_string()],
             max_partitions_per_request: 10_000,
             max_partitions_per_core: 1000,
             descriptors_per_partition: 4,

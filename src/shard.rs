@@ -892,7 +892,7 @@ impl Shard {
             out.push(TopicOutcome { name, id: t.id, error: None, partitions: t.shards.len() as i32 });
         }
         debug_assert!(
-            topic_limits::INTERNAL_TOPICS
+            topics::INTERNAL_TOPICS
                 .iter()
                 .all(|n| table.topics.contains_key(*n) == self.catalog().topics.contains_key(*n)),
             "an internal topic is never deleted by a client"

@@ -15,13 +15,7 @@ use kafka_protocol::error::ResponseError;
 use tracing::{info, warn};
 
 use crate::config::{BrokerConfig, TopicSettings};
-use crate::groups::offsets_log::OFFSETS_TOPIC;
-use crate::topics;
-
-/// The internal topics, as Kafka names them (`org.apache.kafka.common.internals.Topic`
-/// `INTERNAL_TOPICS`): Metadata marks them `is_internal`, and clients may not delete, reconfigure,
-/// grow or create them. Only `__consumer_offsets` exists here; the others are reserved.
-pub const INTERNAL_TOPICS: &[&str] = &[OFFSETS_TOPIC, "__transaction_state", "__share_group_state"];
+use crate::topics::{self, is_internal};
 
 /// Descriptors a partition holds open besides its segment files: the directory lock.
 const DESCRIPTORS_PER_PARTITION_BASE: u64 = 1;
@@ -30,11 +24,6 @@ const OPENS_BETWEEN_DESCRIPTOR_COUNTS: u32 = 32;
 
 /// An error for a client: the Kafka code and the message that goes with it.
 pub type Refusal = (ResponseError, String);
-
-/// Whether `topic` is one of the broker's internal topics.
-pub fn is_internal(topic: &str) -> bool {
-    INTERNAL_TOPICS.contains(&topic)
-}
 
 /// Refuses a client's change (`action`: "deleted", "reconfigured", "given more partitions") to a
 /// protected topic (`protected_topics`, by default `__consumer_offsets`).
