@@ -60,6 +60,21 @@ pub struct BrokerConfig {
     /// Partitions of `__consumer_offsets`, fixed when the topic is first created
     /// (Kafka `offsets.topic.num.partitions`, default 50 there).
     pub offsets_topic_partitions: u32,
+    /// Topics clients may not delete, reconfigure or give more partitions (Redpanda
+    /// `kafka_nodelete_topics`); by default the internal `__consumer_offsets`.
+    pub protected_topics: Vec<String>,
+    /// Most partitions one CreateTopics or CreatePartitions request may add (all its topics
+    /// together); a larger request is refused as a whole with POLICY_VIOLATION.
+    pub max_partitions_per_request: u32,
+    /// Most partitions (replicas) this broker hosts, per core: creations beyond
+    /// `max_partitions_per_core` x cores are refused with INVALID_PARTITIONS.
+    pub max_partitions_per_core: u32,
+    /// File descriptors budgeted per partition when admitting new ones (a partition holds its lock
+    /// and every segment file open).
+    pub descriptors_per_partition: u64,
+    /// File descriptors partitions may never use: kept for connections, listeners, io_uring rings
+    /// and transient files.
+    pub reserved_descriptors: u64,
     /// Prometheus metrics endpoint, HOST:PORT (`GET /metrics`); none by default.
     pub metrics_listen: Option<String>,
     /// How often each core copies partition offsets, group commits, storage latencies and busy
@@ -304,6 +319,11 @@ impl Default for BrokerConfig {
             io_memory_bytes: 8 << 20,
             retention_check_interval_ms: 60_000,
             offsets_topic_partitions: 16,
+            protected_topics: vec![crate::topics::CONSUMER_OFFSETS_TOPIC.to_string()],
+            max_partitions_per_request: 10_000,
+            max_partitions_per_core: 1000,
+            descriptors_per_partition: 4,
+            reserved_descriptors: 1024,
             metrics_listen: None,
             metrics_publish_interval_ms: 1000,
             cleaner_dedupe_buffer_bytes: 16 << 20,
@@ -373,6 +393,18 @@ impl BrokerConfig {
         anyhow::ensure!(self.metrics_publish_interval_ms >= 10, "metrics_publish_interval_ms must be >= 10");
         anyhow::ensure!(self.cleaner_dedupe_buffer_bytes >= 64 << 10, "cleaner_dedupe_buffer_bytes must be >= 65536");
         anyhow::ensure!(self.retention_check_interval_ms >= 10, "retention_check_interval_ms must be >= 10");
+        anyhow::ensure!(self.max_partitions_per_request >= 1, "max_partitions_per_request must be >= 1");
+        anyhow::ensure!(
+            u64::from(self.max_partitions_per_core) * self.cores.unwrap_or(1) as u64
+                >= u64::from(self.offsets_topic_partitions),
+            "max_partitions_per_core x cores must leave room for the {} partitions of __consumer_offsets \
+             (offsets_topic_partitions)",
+            self.offsets_topic_partitions
+        );
+        anyhow::ensure!(
+            self.descriptors_per_partition >= 2,
+            "descriptors_per_partition must be >= 2 (lock and segment)"
+        );
         let r = &self.replication;
         anyhow::ensure!(r.default_replication_factor >= 1, "replication.default_replication_factor must be >= 1");
         anyhow::ensure!(r.min_insync_replicas >= 1, "replication.min_insync_replicas must be >= 1");

@@ -19,7 +19,8 @@ use crate::cluster::{BrokerEndpoints, BrokerId, ClusterCommand, ControlPlane, Co
 use crate::config::TopicSettings;
 use crate::groups::offsets_log::OFFSETS_TOPIC;
 use crate::partition::PartitionError;
-use crate::shard::{NewTopic, Shard, TopicConfigChange, TopicOutcome};
+use crate::shard::{refused, report_open_failures, NewTopic, Shard, TopicConfigChange, TopicOutcome};
+use crate::topic_limits::{self, PartitionBudget};
 use crate::topics::{self, ClusterView, TopicTable};
 
 /// How long a proposal may take (leader elections included) before the request fails.
@@ -336,8 +337,47 @@ fn outcome(name: String, id: [u8; 16], partitions: i32, error: Option<(ResponseE
     TopicOutcome { name, id, error, partitions }
 }
 
-/// CreateTopics in a cluster: validated like a single node's, replicas assigned over the
-/// registered brokers, one Raft command per topic.
+/// Partition replicas each broker hosts in `state`.
+fn hosted_per_broker(state: &crate::cluster::ClusterState) -> BTreeMap<BrokerId, u64> {
+    let mut hosted: BTreeMap<BrokerId, u64> = state.brokers.keys().map(|b| (*b, 0)).collect();
+    for t in state.topics.values() {
+        for p in &t.partitions {
+            for b in &p.replicas {
+                *hosted.entry(*b).or_default() += 1;
+            }
+        }
+    }
+    hosted
+}
+
+/// Admits the new replicas of `assignment` on every broker they land on (the shared limits of
+/// `topic_limits`; the descriptors open now are known for this broker only).
+fn admit_assignment(
+    shard: &Shard,
+    budget: &mut PartitionBudget,
+    state: &crate::cluster::ClusterState,
+    assignment: &[Vec<BrokerId>],
+) -> Result<(), topic_limits::Refusal> {
+    let hosted = hosted_per_broker(state);
+    let mut new: BTreeMap<BrokerId, u64> = BTreeMap::new();
+    for b in assignment.iter().flatten() {
+        *new.entry(*b).or_default() += 1;
+    }
+    for (b, n) in new {
+        let now = hosted.get(&b).copied().unwrap_or(0);
+        budget.admit(b, now, n, b == shard.config.node_id)?;
+    }
+    Ok(())
+}
+
+/// The error for a topic this broker could not open after it was written (its partitions here
+/// stay closed), if any; the partitions were reported by the last catalog publish on this core.
+fn local_open_failure(shard: &Shard, topic: &str) -> Option<crate::shard::OpenFailure> {
+    shard.last_open_failures.borrow().iter().find(|f| f.topic == topic).cloned()
+}
+
+/// CreateTopics in a cluster: validated like a single node's (`topic_limits`), replicas assigned
+/// over the registered brokers, one Raft command per topic.
 pub async fn create_topics(
     shard: &Rc<Shard>,
     cp: &ControlPlane,
@@ -345,17 +385,23 @@ pub async fn create_topics(
     validate_only: bool,
 ) -> Vec<TopicOutcome> {
     let _permit = shard.catalog_lock.acquire_permit(1).await;
+    let mut budget = PartitionBudget::of_this_broker(&shard.config, shard.cores);
+    let requested = topic_limits::requested_partitions(&shard.config, new.iter().map(|t| t.partitions));
+    if let Err(refusal) = budget.check_request(requested) {
+        return new.into_iter().map(|t| refused(t.name, [0; 16], t.partitions, refusal.clone())).collect();
+    }
     let mut out = Vec::new();
     for t in new {
         let state = cp.state();
-        let fail = |code, msg: String| outcome(t.name.clone(), [0; 16], t.partitions, Some((code, msg)));
-        let partitions = match shard.validate_new_topic(&t, state.topics.contains_key(&t.name)) {
-            Ok(n) => n,
-            Err((code, msg)) => {
-                out.push(fail(code, msg));
-                continue;
-            }
-        };
+        let exists = state.topics.contains_key(&t.name);
+        let partitions =
+            match topic_limits::validate_new_topic(&shard.config, &t.name, t.partitions, &t.configs, exists) {
+                Ok(n) => n,
+                Err(refusal) => {
+                    out.push(refused(t.name, [0; 16], t.partitions, refusal));
+                    continue;
+                }
+            };
         let brokers: Vec<BrokerId> = state.brokers.keys().copied().collect();
         let rf = if t.replication_factor == -1 {
             usize::from(shard.config.replication.default_replication_factor)
@@ -363,10 +409,14 @@ pub async fn create_topics(
             usize::try_from(t.replication_factor).unwrap_or(0)
         };
         if rf < 1 || rf > brokers.len() {
-            out.push(fail(
-                ResponseError::InvalidReplicationFactor,
-                format!("Replication factor: {rf} larger than available brokers: {}.", brokers.len()),
-            ));
+            let msg = format!("Replication factor: {rf} larger than available brokers: {}.", brokers.len());
+            out.push(refused(t.name, [0; 16], t.partitions, (ResponseError::InvalidReplicationFactor, msg)));
+            continue;
+        }
+        let start = state.topics.values().map(|t| t.partitions.len()).sum::<usize>();
+        let assignment = assign(&brokers, partitions as usize, rf, start);
+        if let Err(refusal) = admit_assignment(shard, &mut budget, &state, &assignment) {
+            out.push(refused(t.name, [0; 16], t.partitions, refusal));
             continue;
         }
         let id = *uuid::Uuid::new_v4().as_bytes();
@@ -374,15 +424,29 @@ pub async fn create_topics(
             out.push(outcome(t.name, id, partitions, None));
             continue;
         }
-        let start = state.topics.values().map(|t| t.partitions.len()).sum::<usize>();
         let cmd = ClusterCommand::CreateTopic {
             name: t.name.clone(),
             topic_id: id,
             configs: t.configs.iter().cloned().collect::<BTreeMap<_, _>>(),
-            assignment: assign(&brokers, partitions as usize, rf, start),
+            assignment,
         };
-        let error = write(shard, cp, cmd).await.err();
-        out.push(outcome(t.name, id, partitions, error));
+        let mut o = outcome(t.name.clone(), id, partitions, write(shard, cp, cmd).await.err());
+        if o.error.is_none() {
+            if let Some(f) = local_open_failure(shard, &t.name) {
+                // No half-created topic: take it out of the cluster again.
+                let undo = write(shard, cp, ClusterCommand::DeleteTopic { name: t.name.clone() })
+                    .await
+                    .err()
+                    .map(|(_, msg)| PartitionError::new(ResponseError::UnknownServerError, msg));
+                report_open_failures(
+                    std::slice::from_mut(&mut o),
+                    &[(t.name.clone(), f)],
+                    undo,
+                    "the topic was deleted again",
+                );
+            }
+        }
+        out.push(o);
     }
     out
 }
@@ -391,7 +455,14 @@ pub async fn delete_topics(shard: &Rc<Shard>, cp: &ControlPlane, names: Vec<Stri
     let _permit = shard.catalog_lock.acquire_permit(1).await;
     let mut out = Vec::new();
     for name in names {
-        let (id, partitions) = cp.state().topics.get(&name).map_or(([0; 16], 0), |t| (t.id, t.partitions.len() as i32));
+        let existing = cp.state().topics.get(&name).map(|t| (t.id, t.partitions.len() as i32));
+        let (id, partitions) = existing.unwrap_or(([0; 16], 0));
+        if existing.is_some() {
+            if let Err(refusal) = topic_limits::refuse_protected_change(&shard.config, &name, "deleted") {
+                out.push(refused(name, id, partitions, refusal));
+                continue;
+            }
+        }
         let error = write(shard, cp, ClusterCommand::DeleteTopic { name: name.clone() }).await.err();
         let error = error.map(|(code, msg)| match code {
             ResponseError::UnknownTopicOrPartition => (code, format!("Topic {name} does not exist")),
@@ -409,6 +480,20 @@ pub async fn create_partitions(
     validate_only: bool,
 ) -> Vec<TopicOutcome> {
     let _permit = shard.catalog_lock.acquire_permit(1).await;
+    let mut budget = PartitionBudget::of_this_broker(&shard.config, shard.cores);
+    let state = cp.state();
+    let requested = topic_limits::added_partitions(
+        wanted.iter().map(|(name, count)| (state.topics.get(name).map(|t| t.partitions.len() as i32), *count)),
+    );
+    if let Err(refusal) = budget.check_request(requested) {
+        return wanted
+            .into_iter()
+            .map(|(name, count)| {
+                let id = state.topics.get(&name).map_or([0; 16], |t| t.id);
+                refused(name, id, count, refusal.clone())
+            })
+            .collect();
+    }
     let mut out = Vec::new();
     for (name, count) in wanted {
         let state = cp.state();
@@ -418,14 +503,15 @@ pub async fn create_partitions(
             continue;
         };
         let current = t.partitions.len() as i32;
-        if count <= current || count as u32 > topics::MAX_PARTITIONS_PER_TOPIC {
-            let e = (
-                ResponseError::InvalidPartitions,
-                format!("Topic currently has {current} partitions, {count} would not be an increase."),
-            );
-            out.push(outcome(name, t.id, count, Some(e)));
-            continue;
-        }
+        let checked = topic_limits::refuse_protected_change(&shard.config, &name, "given more partitions")
+            .and_then(|()| topic_limits::validate_partition_increase(current, count));
+        let added = match checked {
+            Ok(added) => added,
+            Err(refusal) => {
+                out.push(refused(name, t.id, count, refusal));
+                continue;
+            }
+        };
         let rf = t.partitions.first().map_or(1, |p| p.replicas.len());
         let brokers: Vec<BrokerId> = state.brokers.keys().copied().collect();
         if rf > brokers.len() {
@@ -434,14 +520,30 @@ pub async fn create_partitions(
             continue;
         }
         let id = t.id;
+        let start = state.topics.values().map(|t| t.partitions.len()).sum::<usize>();
+        let assignment = assign(&brokers, added as usize, rf, start);
+        if let Err(refusal) = admit_assignment(shard, &mut budget, &state, &assignment) {
+            out.push(refused(name, id, count, refusal));
+            continue;
+        }
         if validate_only {
             out.push(outcome(name, id, count, None));
             continue;
         }
-        let start = state.topics.values().map(|t| t.partitions.len()).sum::<usize>();
-        let assignment = assign(&brokers, (count - current) as usize, rf, start);
-        let error = write(shard, cp, ClusterCommand::AddPartitions { name: name.clone(), assignment }).await.err();
-        out.push(outcome(name, id, count, error));
+        let mut o = outcome(name.clone(), id, count, None);
+        o.error = write(shard, cp, ClusterCommand::AddPartitions { name: name.clone(), assignment }).await.err();
+        if o.error.is_none() {
+            if let Some(f) = local_open_failure(shard, &name) {
+                // Partitions cannot be removed from a topic: report which one stays closed here.
+                report_open_failures(
+                    std::slice::from_mut(&mut o),
+                    &[(name.clone(), f)],
+                    None,
+                    "it stays closed on this broker",
+                );
+            }
+        }
+        out.push(o);
     }
     out
 }
@@ -461,11 +563,15 @@ pub async fn alter_topic_configs(
             out.push(outcome(c.topic, [0; 16], 0, Some(e)));
             continue;
         };
+        let (id, partitions) = (t.id, t.partitions.len() as i32);
+        if let Err(refusal) = topic_limits::refuse_protected_change(&shard.config, &c.topic, "reconfigured") {
+            out.push(refused(c.topic, id, partitions, refusal));
+            continue;
+        }
         let mut configs = if c.replace { BTreeMap::new() } else { t.configs.clone() };
         configs.retain(|k, _| !c.delete.contains(k));
         configs.extend(c.set.iter().cloned());
         let listed: Vec<(String, String)> = configs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let (id, partitions) = (t.id, t.partitions.len() as i32);
         if let Err(msg) = TopicSettings::resolve(&shard.config, &listed) {
             out.push(outcome(c.topic, id, partitions, Some((ResponseError::InvalidConfig, msg))));
             continue;

@@ -28,5 +28,6 @@ pub mod server;
 pub mod shard;
 pub mod socket_write;
 pub mod startup_log;
+pub mod topic_limits;
 pub mod topics;
 pub mod tune;

@@ -28,6 +28,7 @@ use crate::config::{BrokerConfig, TopicSettings};
 use crate::groups::offsets_log::{self, Committed, OffsetRecord, OFFSETS_TOPIC};
 use crate::groups::GroupCoordinator;
 use crate::partition::{Partition, PartitionError, Produced};
+use crate::topic_limits::{self, PartitionBudget};
 use crate::topics::{self, TopicMeta, TopicTable};
 
 /// A topic to create.
@@ -174,7 +175,20 @@ pub enum CoreReply {
     ProducerId(Result<i64, PartitionError>),
     Group(GroupReply),
     ReplicaFetched(Vec<(crate::replication::FetchedPartition, Vec<Bytes>)>),
+    /// A catalog snapshot applied: the partitions this core could not open.
+    CatalogApplied(Vec<OpenFailure>),
     Done,
+}
+
+/// A partition the catalog assigns to a core that the core could not open.
+#[derive(Debug, Clone)]
+pub struct OpenFailure {
+    pub topic: String,
+    pub partition: i32,
+    pub core: usize,
+    pub error: String,
+    /// Left closed because its files did not fit in the descriptor budget (not an I/O error).
+    pub out_of_descriptors: bool,
 }
 
 pub struct Envelope {
@@ -223,6 +237,9 @@ pub struct Shard {
     pub followers_changed: Event,
     /// Partitions with an ISR change proposal in flight (one at a time each).
     pub isr_pending: RefCell<std::collections::HashSet<(String, i32)>>,
+    /// Partitions the cores could not open when this core last published the catalog (core 0):
+    /// how cluster topic administration learns that a topic it created did not open here.
+    pub(crate) last_open_failures: RefCell<Vec<OpenFailure>>,
 }
 
 impl Shard {
@@ -237,6 +254,8 @@ impl Shard {
         metrics: Arc<crate::metrics::CoreMetrics>,
         control: Option<Arc<crate::cluster::ControlPlane>>,
     ) -> Rc<Shard> {
+        // Before any core opens a partition (the first core to get here does it for the process).
+        crate::topic_limits::raise_descriptor_limit();
         let next = catalog.next_producer_id;
         Rc::new(Shard {
             id,
@@ -259,6 +278,7 @@ impl Shard {
             control,
             followers_changed: Event::new(),
             isr_pending: RefCell::new(Default::default()),
+            last_open_failures: RefCell::new(Vec::new()),
         })
     }
 
@@ -458,10 +478,7 @@ impl Shard {
             CoreRequest::AlterTopicConfigs { changes, validate_only } => {
                 CoreReply::Topics(self.alter_topic_configs(changes, validate_only).await)
             }
-            CoreRequest::CatalogChanged(table) => {
-                self.apply_catalog(table).await;
-                CoreReply::Done
-            }
+            CoreRequest::CatalogChanged(table) => CoreReply::CatalogApplied(self.apply_catalog(table).await),
             CoreRequest::Group(call) => CoreReply::Group(self.run_group(*call).await),
             CoreRequest::AdoptReplicaConnection { fd, hello, correlation_id } => {
                 crate::replica::server::adopt(self.clone(), fd, hello, correlation_id);
@@ -609,11 +626,13 @@ impl Shard {
     }
 
     /// Adopts `table` (unless this core already has a newer one), then opens partitions newly
-    /// assigned to this core and closes/deletes removed ones. Serialised per core.
-    pub async fn apply_catalog(&self, table: Arc<TopicTable>) {
+    /// assigned to this core and closes/deletes removed ones. Serialised per core. Returns the
+    /// partitions it could not open (each also logged): a partition whose files do not fit in the
+    /// descriptor budget is left closed, so that the listeners keep descriptors to accept with.
+    pub async fn apply_catalog(&self, table: Arc<TopicTable>) -> Vec<OpenFailure> {
         let _permit = self.apply_lock.acquire_permit(1).await;
         if table.version < self.catalog.borrow().version {
-            return;
+            return Vec::new();
         }
         *self.catalog.borrow_mut() = table.clone();
         let data_dir = self.config.data_dir.clone();
@@ -625,6 +644,8 @@ impl Shard {
                 }
             }
         }
+        // Committed offsets first: if descriptors run short, groups keep working.
+        wanted.sort_by_key(|(t, _)| t.name != OFFSETS_TOPIC);
         let removed: Vec<(String, i32)> = {
             let parts = self.partitions.borrow();
             parts.keys().filter(|(t, p)| !wanted.iter().any(|(w, wp)| &w.name == t && wp == p)).cloned().collect()
@@ -642,6 +663,8 @@ impl Shard {
                 info!(topic = %key.0, partition = key.1, core = self.id, "partition deleted");
             }
         }
+        let mut failures = Vec::new();
+        let mut guard: Option<crate::topic_limits::OpenGuard> = None;
         for (t, p) in wanted {
             let key = (t.name.clone(), p);
             let settings = match TopicSettings::resolve(&self.config, &t.configs) {
@@ -661,6 +684,18 @@ impl Shard {
                 continue;
             }
             let dir = topics::partition_dir(&data_dir, &t.name, p);
+            let guard = guard.get_or_insert_with(|| crate::topic_limits::OpenGuard::new(&self.config));
+            if let Err(e) = guard.take(crate::topic_limits::descriptors_of_partition_dir(&dir)) {
+                let f = OpenFailure {
+                    topic: t.name.clone(),
+                    partition: p,
+                    core: self.id,
+                    error: e,
+                    out_of_descriptors: true,
+                };
+                failures.push(f);
+                continue;
+            }
             match Partition::open(&dir, &t.name, p, settings).await {
                 Ok(part) => {
                     if table.cluster.is_some() {
@@ -670,12 +705,34 @@ impl Shard {
                     debug!(topic = %t.name, partition = p, core = self.id, "partition open");
                     self.partitions.borrow_mut().insert(key, part);
                 }
-                Err(e) => error!(topic = %t.name, partition = p, error = %e, "cannot open partition"),
+                Err(e) => {
+                    error!(topic = %t.name, partition = p, error = %e, "cannot open partition");
+                    let error = e.to_string();
+                    failures.push(OpenFailure {
+                        topic: t.name.clone(),
+                        partition: p,
+                        core: self.id,
+                        error,
+                        out_of_descriptors: false,
+                    });
+                }
             }
+        }
+        if let Some(first) = failures.iter().find(|f| f.out_of_descriptors) {
+            // One line for all of them: thousands of partitions may be left closed.
+            let closed = failures.iter().filter(|f| f.out_of_descriptors).count();
+            error!(
+                core = self.id,
+                partitions = closed,
+                example = %format!("{}-{}", first.topic, first.partition),
+                reason = %first.error,
+                "partitions left closed: not enough file descriptors"
+            );
         }
         if let Some(view) = &table.cluster {
             self.apply_roles(view).await;
         }
+        failures
     }
 
     /// Cluster mode: makes each open partition leader or follower as the metadata says; a new
@@ -720,17 +777,21 @@ impl Shard {
     }
 
     /// Persists `table` (single node; a cluster's metadata lives in Raft) and makes every core
-    /// apply it; returns once all have.
-    pub(crate) async fn publish(self: &Rc<Self>, mut table: TopicTable) -> Result<(), PartitionError> {
+    /// apply it; returns once all have, with the partitions they could not open.
+    pub(crate) async fn publish(self: &Rc<Self>, mut table: TopicTable) -> Result<Vec<OpenFailure>, PartitionError> {
         table.version = self.catalog.borrow().version + 1;
         if table.cluster.is_none() {
             topics::save(&self.config.data_dir, &table).await?;
         }
         let table = Arc::new(table);
+        let mut failures = Vec::new();
         for core in 0..self.cores {
-            self.call(core, CoreRequest::CatalogChanged(table.clone())).await;
+            if let CoreReply::CatalogApplied(f) = self.call(core, CoreRequest::CatalogChanged(table.clone())).await {
+                failures.extend(f);
+            }
         }
-        Ok(())
+        self.last_open_failures.replace(failures.clone());
+        Ok(failures)
     }
 
     async fn create_topics(self: &Rc<Self>, new: Vec<NewTopic>, validate_only: bool) -> Vec<TopicOutcome> {
@@ -740,29 +801,34 @@ impl Shard {
         assert_eq!(self.id, CATALOG_CORE, "catalog changes run on the catalog core");
         let _permit = self.catalog_lock.acquire_permit(1).await;
         let mut table = (*self.catalog()).clone();
+        let mut budget = PartitionBudget::of_this_broker(&self.config, self.cores);
+        let requested = topic_limits::requested_partitions(&self.config, new.iter().map(|t| t.partitions));
+        if let Err(refusal) = budget.check_request(requested) {
+            return new.into_iter().map(|t| refused(t.name, [0; 16], t.partitions, refusal.clone())).collect();
+        }
+        let mut hosted: u64 = table.topics.values().map(|t| t.shards.len() as u64).sum();
         let mut out = Vec::new();
-        let mut changed = false;
+        let mut created = Vec::new();
         for t in new {
-            let fail = |code, msg: String| TopicOutcome {
-                name: t.name.clone(),
-                id: [0; 16],
-                error: Some((code, msg)),
-                partitions: t.partitions,
-            };
-            let partitions = match self.validate_new_topic(&t, table.topics.contains_key(&t.name)) {
-                Ok(n) => n,
-                Err((code, msg)) => {
-                    out.push(fail(code, msg));
-                    continue;
-                }
-            };
+            let exists = table.topics.contains_key(&t.name);
+            let partitions =
+                match topic_limits::validate_new_topic(&self.config, &t.name, t.partitions, &t.configs, exists) {
+                    Ok(n) => n,
+                    Err(refusal) => {
+                        out.push(refused(t.name, [0; 16], t.partitions, refusal));
+                        continue;
+                    }
+                };
             if t.replication_factor != -1 && t.replication_factor != 1 {
-                out.push(fail(
-                    ResponseError::InvalidReplicationFactor,
-                    format!("Replication factor: {} larger than available brokers: 1.", t.replication_factor),
-                ));
+                let msg = format!("Replication factor: {} larger than available brokers: 1.", t.replication_factor);
+                out.push(refused(t.name, [0; 16], t.partitions, (ResponseError::InvalidReplicationFactor, msg)));
                 continue;
             }
+            if let Err(refusal) = budget.admit(self.config.node_id, hosted, partitions as u64, true) {
+                out.push(refused(t.name, [0; 16], t.partitions, refusal));
+                continue;
+            }
+            hosted += partitions as u64;
             let id = *uuid::Uuid::new_v4().as_bytes();
             let shards = table.assign(partitions as u32, self.cores);
             if !validate_only {
@@ -770,35 +836,38 @@ impl Shard {
                     t.name.clone(),
                     Arc::new(TopicMeta { name: t.name.clone(), id, shards, configs: t.configs.clone() }),
                 );
-                changed = true;
+                created.push(t.name.clone());
             }
             out.push(TopicOutcome { name: t.name, id, error: None, partitions });
         }
-        if changed {
-            if let Err(e) = self.publish(table).await {
-                for o in out.iter_mut().filter(|o| o.error.is_none()) {
-                    o.error = Some((ResponseError::KafkaStorageError, e.message.clone()));
+        if !created.is_empty() {
+            let failures = self.publish_outcomes(table, &mut out).await;
+            // A topic with a partition that did not open is taken out again: no half-created topic.
+            let broken = open_failures_of(&failures, &created);
+            if !broken.is_empty() {
+                let mut table = (*self.catalog()).clone();
+                for (name, _) in &broken {
+                    table.topics.remove(name);
                 }
+                let undo = self.publish(table).await.err();
+                report_open_failures(&mut out, &broken, undo, "the topic was not created");
             }
         }
         out
     }
 
-    /// Checks a topic to create (name, partition count, configs): its partition count, or the error.
-    pub(crate) fn validate_new_topic(&self, t: &NewTopic, exists: bool) -> Result<i32, (ResponseError, String)> {
-        topics::validate_topic_name(&t.name).map_err(|msg| (ResponseError::InvalidTopicException, msg))?;
-        if exists {
-            return Err((ResponseError::TopicAlreadyExists, format!("Topic '{}' already exists.", t.name)));
+    /// Publishes a changed catalog for an admin request: a failed write fails every change of the
+    /// request (none is in effect). Returns the partitions that did not open.
+    async fn publish_outcomes(self: &Rc<Self>, table: TopicTable, out: &mut [TopicOutcome]) -> Vec<OpenFailure> {
+        match self.publish(table).await {
+            Ok(failures) => failures,
+            Err(e) => {
+                for o in out.iter_mut().filter(|o| o.error.is_none()) {
+                    o.error = Some((ResponseError::KafkaStorageError, e.message.clone()));
+                }
+                Vec::new()
+            }
         }
-        let partitions = if t.partitions == -1 { self.config.default_partitions as i32 } else { t.partitions };
-        if partitions < 1 || partitions as u32 > topics::MAX_PARTITIONS_PER_TOPIC {
-            return Err((
-                ResponseError::InvalidPartitions,
-                format!("Number of partitions must be in [1, {}].", topics::MAX_PARTITIONS_PER_TOPIC),
-            ));
-        }
-        TopicSettings::resolve(&self.config, &t.configs).map_err(|msg| (ResponseError::InvalidConfig, msg))?;
-        Ok(partitions)
     }
 
     async fn delete_topics(self: &Rc<Self>, names: Vec<String>) -> Vec<TopicOutcome> {
@@ -810,22 +879,26 @@ impl Shard {
         let mut table = (*self.catalog()).clone();
         let mut out = Vec::new();
         for name in names {
-            match table.topics.remove(&name) {
-                Some(t) => out.push(TopicOutcome { name, id: t.id, error: None, partitions: t.shards.len() as i32 }),
-                None => out.push(TopicOutcome {
-                    error: Some((ResponseError::UnknownTopicOrPartition, format!("Topic {name} does not exist"))),
-                    name,
-                    id: [0; 16],
-                    partitions: 0,
-                }),
+            let Some(t) = table.topics.get(&name).cloned() else {
+                let msg = format!("Topic {name} does not exist");
+                out.push(refused(name, [0; 16], 0, (ResponseError::UnknownTopicOrPartition, msg)));
+                continue;
+            };
+            if let Err(refusal) = topic_limits::refuse_protected_change(&self.config, &name, "deleted") {
+                out.push(refused(name, t.id, t.shards.len() as i32, refusal));
+                continue;
             }
+            table.topics.remove(&name);
+            out.push(TopicOutcome { name, id: t.id, error: None, partitions: t.shards.len() as i32 });
         }
+        debug_assert!(
+            topics::INTERNAL_TOPICS
+                .iter()
+                .all(|n| table.topics.contains_key(*n) == self.catalog().topics.contains_key(*n)),
+            "an internal topic is never deleted by a client"
+        );
         if out.iter().any(|o| o.error.is_none()) {
-            if let Err(e) = self.publish(table).await {
-                for o in out.iter_mut().filter(|o| o.error.is_none()) {
-                    o.error = Some((ResponseError::KafkaStorageError, e.message.clone()));
-                }
-            }
+            self.publish_outcomes(table, &mut out).await;
         }
         out
     }
@@ -837,45 +910,61 @@ impl Shard {
         assert_eq!(self.id, CATALOG_CORE, "catalog changes run on the catalog core");
         let _permit = self.catalog_lock.acquire_permit(1).await;
         let mut table = (*self.catalog()).clone();
+        let mut budget = PartitionBudget::of_this_broker(&self.config, self.cores);
+        let requested = topic_limits::added_partitions(
+            wanted.iter().map(|(name, count)| (table.topics.get(name).map(|t| t.shards.len() as i32), *count)),
+        );
+        if let Err(refusal) = budget.check_request(requested) {
+            return wanted
+                .into_iter()
+                .map(|(name, count)| {
+                    let id = table.topics.get(&name).map_or([0; 16], |t| t.id);
+                    refused(name, id, count, refusal.clone())
+                })
+                .collect();
+        }
+        let mut hosted: u64 = table.topics.values().map(|t| t.shards.len() as u64).sum();
         let mut out = Vec::new();
-        let mut changed = false;
+        let mut before: Vec<(String, Arc<TopicMeta>)> = Vec::new();
         for (name, count) in wanted {
             let Some(t) = table.topics.get(&name).cloned() else {
-                out.push(TopicOutcome {
-                    error: Some((ResponseError::UnknownTopicOrPartition, format!("Topic {name} does not exist"))),
-                    name,
-                    id: [0; 16],
-                    partitions: count,
-                });
+                let msg = format!("Topic {name} does not exist");
+                out.push(refused(name, [0; 16], count, (ResponseError::UnknownTopicOrPartition, msg)));
                 continue;
             };
             let current = t.shards.len() as i32;
-            if count <= current || count as u32 > topics::MAX_PARTITIONS_PER_TOPIC {
-                out.push(TopicOutcome {
-                    error: Some((
-                        ResponseError::InvalidPartitions,
-                        format!("Topic currently has {current} partitions, {count} would not be an increase."),
-                    )),
-                    name,
-                    id: t.id,
-                    partitions: count,
-                });
-                continue;
-            }
+            let checked = topic_limits::refuse_protected_change(&self.config, &name, "given more partitions")
+                .and_then(|()| topic_limits::validate_partition_increase(current, count))
+                .and_then(|added| budget.admit(self.config.node_id, hosted, added, true).map(|()| added));
+            let added = match checked {
+                Ok(added) => added,
+                Err(refusal) => {
+                    out.push(refused(name, t.id, count, refusal));
+                    continue;
+                }
+            };
+            hosted += added;
             if !validate_only {
-                let extra = table.assign((count - current) as u32, self.cores);
+                let extra = table.assign(added as u32, self.cores);
                 let mut meta = (*t).clone();
                 meta.shards.extend(extra);
                 table.topics.insert(name.clone(), Arc::new(meta));
-                changed = true;
+                before.push((name.clone(), t.clone()));
             }
             out.push(TopicOutcome { name, id: t.id, error: None, partitions: count });
         }
-        if changed {
-            if let Err(e) = self.publish(table).await {
-                for o in out.iter_mut().filter(|o| o.error.is_none()) {
-                    o.error = Some((ResponseError::KafkaStorageError, e.message.clone()));
+        if !before.is_empty() {
+            let failures = self.publish_outcomes(table, &mut out).await;
+            let grown: Vec<String> = before.iter().map(|(n, _)| n.clone()).collect();
+            let broken = open_failures_of(&failures, &grown);
+            if !broken.is_empty() {
+                // Back to the partitions they had: the new ones are closed and removed again.
+                let mut table = (*self.catalog()).clone();
+                for (name, meta) in before.iter().filter(|(n, _)| broken.iter().any(|(b, _)| b == n)) {
+                    table.topics.insert(name.clone(), meta.clone());
                 }
+                let undo = self.publish(table).await.err();
+                report_open_failures(&mut out, &broken, undo, "no partition was added");
             }
         }
         out
@@ -897,21 +986,20 @@ impl Shard {
         let mut changed = false;
         for c in changes {
             let Some(meta) = table.topics.get(&c.topic).cloned() else {
-                out.push(TopicOutcome {
-                    error: Some((ResponseError::UnknownTopicOrPartition, format!("Topic {} does not exist", c.topic))),
-                    name: c.topic,
-                    id: [0; 16],
-                    partitions: 0,
-                });
+                let msg = format!("Topic {} does not exist", c.topic);
+                out.push(refused(c.topic, [0; 16], 0, (ResponseError::UnknownTopicOrPartition, msg)));
                 continue;
             };
+            let partitions = meta.shards.len() as i32;
+            if let Err(refusal) = topic_limits::refuse_protected_change(&self.config, &c.topic, "reconfigured") {
+                out.push(refused(c.topic, meta.id, partitions, refusal));
+                continue;
+            }
             let mut configs = if c.replace { Vec::new() } else { meta.configs.clone() };
             configs.retain(|(k, _)| !c.delete.contains(k) && !c.set.iter().any(|(s, _)| s == k));
             configs.extend(c.set.iter().cloned());
-            let outcome =
-                TopicOutcome { name: c.topic.clone(), id: meta.id, error: None, partitions: meta.shards.len() as i32 };
             if let Err(msg) = TopicSettings::resolve(&self.config, &configs) {
-                out.push(TopicOutcome { error: Some((ResponseError::InvalidConfig, msg)), ..outcome });
+                out.push(refused(c.topic, meta.id, partitions, (ResponseError::InvalidConfig, msg)));
                 continue;
             }
             if !validate_only && configs != meta.configs {
@@ -920,14 +1008,10 @@ impl Shard {
                 table.topics.insert(c.topic.clone(), Arc::new(m));
                 changed = true;
             }
-            out.push(outcome);
+            out.push(TopicOutcome { name: c.topic, id: meta.id, error: None, partitions });
         }
         if changed {
-            if let Err(e) = self.publish(table).await {
-                for o in out.iter_mut().filter(|o| o.error.is_none()) {
-                    o.error = Some((ResponseError::KafkaStorageError, e.message.clone()));
-                }
-            }
+            self.publish_outcomes(table, &mut out).await;
         }
         out
     }
@@ -993,6 +1077,46 @@ impl Shard {
                 error!(topic = %p.topic, partition = p.index, error = %e, "closing partition");
             }
         }
+    }
+}
+
+/// A refused change to one topic.
+pub(crate) fn refused(name: String, id: [u8; 16], partitions: i32, (code, msg): topic_limits::Refusal) -> TopicOutcome {
+    TopicOutcome { name, id, error: Some((code, msg)), partitions }
+}
+
+/// The first open failure of each of `topics` (changed by this request) among `failures`.
+pub(crate) fn open_failures_of(failures: &[OpenFailure], topics: &[String]) -> Vec<(String, OpenFailure)> {
+    let mut out: Vec<(String, OpenFailure)> = Vec::new();
+    for f in failures.iter().filter(|f| topics.contains(&f.topic)) {
+        if !out.iter().any(|(t, _)| t == &f.topic) {
+            out.push((f.topic.clone(), f.clone()));
+        }
+    }
+    out
+}
+
+/// Marks the outcome of each topic in `broken` with the partition that did not open; `undo` is
+/// the error of taking the change back, if that failed too.
+pub(crate) fn report_open_failures(
+    out: &mut [TopicOutcome],
+    broken: &[(String, OpenFailure)],
+    undo: Option<PartitionError>,
+    undone: &str,
+) {
+    for o in out.iter_mut() {
+        let Some((_, f)) = broken.iter().find(|(t, _)| t == &o.name) else { continue };
+        let code =
+            if f.out_of_descriptors { ResponseError::InvalidPartitions } else { ResponseError::KafkaStorageError };
+        let after = match &undo {
+            None => undone.to_string(),
+            Some(e) => format!("taking the change back failed too: {}", e.message),
+        };
+        let msg = format!(
+            "Partition {}-{} could not be opened (core {}): {}; {after}.",
+            f.topic, f.partition, f.core, f.error
+        );
+        o.error = Some((code, msg));
     }
 }
 

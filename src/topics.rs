@@ -15,6 +15,18 @@ const CATALOG_FILE: &str = "catalog";
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
 /// Upper bound on partitions per topic (a limit, like every other).
 pub const MAX_PARTITIONS_PER_TOPIC: u32 = 10_000;
+/// The committed-offsets topic (the group coordinator's `offsets_log::OFFSETS_TOPIC`; spelled out
+/// here because the catalog sits below the groups and must not import them).
+pub const CONSUMER_OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Kafka's internal topics (`org.apache.kafka.common.internals.Topic.INTERNAL_TOPICS`): Metadata
+/// marks them `is_internal` and clients never create them. Only `__consumer_offsets` exists here;
+/// the others are reserved.
+pub const INTERNAL_TOPICS: &[&str] = &[CONSUMER_OFFSETS_TOPIC, "__transaction_state", "__share_group_state"];
+
+/// Whether `topic` is one of Kafka's internal topics (not every name starting with `__`).
+pub fn is_internal(topic: &str) -> bool {
+    INTERNAL_TOPICS.contains(&topic)
+}
 
 /// One topic.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

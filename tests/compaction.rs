@@ -175,8 +175,10 @@ fn offsets_topic_bytes(data_dir: &Path) -> u64 {
 
 #[test]
 fn consumer_offsets_are_compacted_and_the_latest_commit_survives() {
-    let options =
-        BrokerOptions { config_toml: Some("retention_check_interval_ms = 100\n".into()), ..Default::default() };
+    // The script below shrinks `__consumer_offsets` segments so that compaction shows: clients may
+    // only reconfigure it once it is no longer protected.
+    let config = "retention_check_interval_ms = 100\nprotected_topics = []\n";
+    let options = BrokerOptions { config_toml: Some(config.into()), ..Default::default() };
     let mut broker = Broker::start_with(options);
     let topic = unique_topic("commits");
     run_python_json("import sys\nfrom kafka.admin import KafkaAdminClient, NewTopic\nKafkaAdminClient(bootstrap_servers=sys.argv[1]).create_topics([NewTopic(sys.argv[2], 4, 1)])\nprint('{}')", &[&broker.bootstrap(), &topic], b"");

@@ -38,6 +38,8 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
             wanted
                 .iter()
                 .filter(|n| !cat.topics.contains_key(*n) && crate::topics::validate_topic_name(n).is_ok())
+                // Internal topics are the broker's to create, with their own partition count.
+                .filter(|n| !crate::topics::is_internal(n))
                 .map(|n| NewTopic { name: n.clone(), partitions: -1, replication_factor: -1, configs: vec![] })
                 .collect()
         };
@@ -167,7 +169,7 @@ fn topic_entry(t: &TopicMeta, node: BrokerId, view: Option<&ClusterView>) -> Met
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(t.name.clone()))))
         .with_topic_id(uuid::Uuid::from_bytes(t.id))
-        .with_is_internal(t.name.starts_with("__"))
+        .with_is_internal(crate::topics::is_internal(&t.name))
         .with_partitions(partitions)
 }
 
