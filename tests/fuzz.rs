@@ -804,14 +804,24 @@ fn known_finding_bytes_after_an_lz4_frame_are_refused() {
     b.extend_from_slice(&[0xb2, 0x38, 0xc6, 0x85, 0x20]);
     set_batch_length(&mut b);
     fix_crc(&mut b);
-    let records = Bytes::from(b);
-    let (info, batch) = batch::produced_batch(&records, MAX_BATCH_BYTES).expect("framing and CRC are right");
-    let verdict = validate::check_batch(&batch, &info, validate::Rules::default());
-    assert!(
-        matches!(verdict, Err(BatchError::Corrupt(_))),
-        "5 bytes after the LZ4 frame: {verdict:?} (librdkafka cannot read this batch)\n  hex: {}",
-        hex(&records)
-    );
+    // The batch the live target had stored (docs/fuzzing.md), base offset set back to 0.
+    let found = common::unhex(concat!(
+        "0000000000000000000000af0000000002642f2cc3000300000004000001a24b9a156e000001a24b9a19e7",
+        "ffffffffffffffffffffffffffff0000000504224d187440bd62000000713c000000010c610100f20c0604",
+        "683008a877cb700468310104683204542d2400880402010e620100f009020468300114008c080401066363",
+        "63002800f21106010a64010010041c00003900a02a00a80b0801066565652f00800e60fc17de1efb5546de",
+        "6c2e0000000039dc840ab238c68520",
+    ));
+    assert_eq!(lz4_bytes_after_frame(&found), Some(5));
+    for records in [Bytes::from(found), Bytes::from(b)] {
+        let (info, batch) = batch::produced_batch(&records, MAX_BATCH_BYTES).expect("framing and CRC are right");
+        let verdict = validate::check_batch(&batch, &info, validate::Rules::default());
+        assert!(
+            matches!(verdict, Err(BatchError::Corrupt(_))),
+            "5 bytes after the LZ4 frame: {verdict:?} (librdkafka cannot read this batch)\n  hex: {}",
+            hex(&records)
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------
