@@ -53,9 +53,9 @@ use sluice::record::{records, validate};
 // Bounds. Defaults keep the whole file within about three minutes (release, two cores).
 
 /// Inputs of each in-process target unless `SLUICE_FUZZ_INPUTS` says otherwise.
-const DEFAULT_INPROCESS_INPUTS: u64 = 600_000;
+const DEFAULT_INPROCESS_INPUTS: u64 = 1_500_000;
 /// Inputs sent to the live broker (all connections together) unless `SLUICE_FUZZ_LIVE_INPUTS`.
-const DEFAULT_LIVE_INPUTS: u64 = 6_000;
+const DEFAULT_LIVE_INPUTS: u64 = 15_000;
 /// Connections sending fuzzed requests to the live broker.
 const LIVE_FUZZ_CONNECTIONS: u64 = 3;
 /// Honest produces per fuzzed input on the live broker (one every `LIVE_HONEST_EVERY` inputs).
@@ -470,7 +470,14 @@ fn mutate_seed(rng: &mut Rng, seed: &BatchSeed, pool: &[BatchSeed]) -> (Strategy
         }
         let codec = if rng.chance(90) { seed.codec } else { rng.below(5) as i16 };
         let mut b = seed.batch[..HEADER_LEN].to_vec();
-        b.extend_from_slice(&compress(codec, &raw));
+        if codec != 0 && raw.len() > 1 && rng.chance(10) {
+            // Two compressed streams back to back (gzip members, zstd or LZ4 frames, xerial headers).
+            let cut = 1 + rng.below(raw.len() - 1);
+            b.extend_from_slice(&compress(codec, &raw[..cut]));
+            b.extend_from_slice(&compress(codec, &raw[cut..]));
+        } else {
+            b.extend_from_slice(&compress(codec, &raw));
+        }
         if rng.chance(80) {
             set_i32(&mut b, 57, new_count);
             set_i32(&mut b, 23, new_count - 1);
@@ -666,6 +673,32 @@ fn lz4_bytes_after_frame(batch: &[u8]) -> Option<usize> {
     (at <= s.len()).then(|| s.len() - at)
 }
 
+/// For a gzip batch, the bytes after the first gzip member of its records section. librdkafka
+/// decompresses only the first member (Java reads them all): with more, a librdkafka consumer reads
+/// fewer records than the batch holds, and with no whole record in the first member it fetches the
+/// same offset forever. A known finding (see `known_finding_gzip_members_after_the_first`).
+fn gzip_bytes_after_first_member(batch: &[u8]) -> Option<usize> {
+    use std::io::Read;
+    let mut rest = batch.get(HEADER_LEN..)?;
+    if batch.len() < HEADER_LEN || batch[22] & 7 != 1 {
+        return None;
+    }
+    let mut member = flate2::bufread::GzDecoder::new(&mut rest);
+    let mut sink = [0u8; 4096];
+    loop {
+        match member.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    drop(member);
+    Some(rest.len())
+}
+
+const KNOWN_GZIP: &str =
+    "accepted: KNOWN FINDING, gzip members after the first (librdkafka reads only the first; consumer stalls)";
+
 /// Whether known findings should fail the run (`SLUICE_FUZZ_KNOWN_FINDINGS=1`) instead of being
 /// counted (in process) or not sent (live).
 fn known_findings_fail() -> bool {
@@ -701,6 +734,7 @@ fn record_batches_in_process() {
     let mut outcomes = Tally::default();
     let mut strategies = Timings::default();
     let mut known: Option<(u64, Vec<u8>)> = None;
+    let mut known_gzip: Option<(u64, Vec<u8>)> = None;
     let mut findings = Vec::new();
     let mut finding_count = 0u64;
     let mut bytes_in = 0u64;
@@ -743,6 +777,17 @@ fn record_batches_in_process() {
             }
             Ok(Ok(Verdict::Refused(why))) => outcomes.add(why),
             Ok(Ok(Verdict::Accepted { info, batch, keys })) => {
+                if info.compression() == 1 && gzip_bytes_after_first_member(&batch).is_some_and(|n| n > 0) {
+                    outcomes.add(KNOWN_GZIP);
+                    if known_gzip.is_none() {
+                        known_gzip = Some((index, batch.to_vec()));
+                    }
+                    if known_findings_fail() {
+                        finding("accepted a gzip batch of more than one member".into());
+                    }
+                    done += 1;
+                    continue;
+                }
                 if info.compression() == 3 && lz4_bytes_after_frame(&batch).is_some_and(|n| n > 0) {
                     outcomes.add(KNOWN_LZ4);
                     if known.is_none() {
@@ -778,6 +823,13 @@ fn record_batches_in_process() {
         strategies.report(),
         outcomes.report()
     );
+    if let Some((index, input)) = known_gzip {
+        println!(
+            "first known finding (gzip members after the first): SLUICE_FUZZ_SEED={} SLUICE_FUZZ_REPLAY={index}\n  input hex: {}",
+            run.seed,
+            hex(&input)
+        );
+    }
     if let Some((index, input)) = known {
         println!(
             "first known finding (bytes after an LZ4 frame): SLUICE_FUZZ_SEED={} SLUICE_FUZZ_REPLAY={index}\n  input hex: {}",
@@ -822,6 +874,33 @@ fn known_finding_bytes_after_an_lz4_frame_are_refused() {
             hex(&records)
         );
     }
+}
+
+/// Found by `live_broker` (seed 2): a gzip batch whose records section is two gzip members, the
+/// first holding only part of a record, is accepted (`MultiGzDecoder` reads both, as Java's
+/// GZIPInputStream would); librdkafka decompresses only the first member, finds no whole record and
+/// fetches the same offset forever: the consumer stalls without an error. No producer writes more
+/// than one member; refusing it (CORRUPT_MESSAGE) is what this test asserts. Fails today.
+#[test]
+#[ignore = "known finding (issue 13 fuzzing): gzip sections of several members stall librdkafka; see docs/fuzzing.md"]
+fn known_finding_gzip_members_after_the_first_are_refused() {
+    // The batch the live target had stored (docs/fuzzing.md), base offset set back to 0.
+    let found = common::unhex(concat!(
+        "0000000000000000000000a40000000002bd46c9fa000100000002000001a24ba6e54a000001a24ba6e897",
+        "ffffffffffffffffffffffffffff000000031f8b08000000000000ff536378c4c9c032f73f576262e2ff7f",
+        "4c2c190600b7f53ad0120000001f8b08000000000000ff013600c9ff02743a009a0d0224dad646027d3d32",
+        "7465d006636aedfadf2b030862626262002a00000406fd3c390004046830060e166104683102cb17f44d4f",
+        "36000000",
+    ));
+    assert_eq!(gzip_bytes_after_first_member(&found), Some(77));
+    let records = Bytes::from(found);
+    let (info, batch) = batch::produced_batch(&records, MAX_BATCH_BYTES).expect("framing and CRC are right");
+    let verdict = validate::check_batch(&batch, &info, validate::Rules::default());
+    assert!(
+        matches!(verdict, Err(BatchError::Corrupt(_))),
+        "two gzip members: {verdict:?} (librdkafka stalls on this batch)\n  hex: {}",
+        hex(&records)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1398,6 +1477,10 @@ fn live_fuzzer(
                 tally.add("produce (mutated batch): not sent, known finding (bytes after an LZ4 frame)");
                 continue;
             }
+            if gzip_bytes_after_first_member(&batch).is_some_and(|n| n > 0) && !known_findings_fail() {
+                tally.add("produce (mutated batch): not sent, known finding (gzip members after the first)");
+                continue;
+            }
             let version = 3 + rng.below(9) as i16;
             let acks = *rng.pick(&[1i16, -1, -1, 0]);
             let frame = size_prefixed(&produce_frame(topic, Bytes::from(batch), version, acks, correlation_id));
@@ -1426,7 +1509,16 @@ fn live_fuzzer(
             let frame = mutate_request(&mut rng, others);
             let id = if frame.len() >= 8 { i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]) } else { -1 };
             let (_, outcome) = conn.exchange(&size_prefixed(&frame), id);
-            tally.add(format!("other APIs: {outcome}"));
+            let api = frame.get(..2).and_then(|k| ApiKey::try_from(i16::from_be_bytes([k[0], k[1]])).ok());
+            match api {
+                // A Fetch may wait up to max_fetch_wait_ms (30 s), a join or sync for the rest of
+                // its group: a mutated wait is no fault of the broker.
+                Some(a @ (ApiKey::Fetch | ApiKey::JoinGroup | ApiKey::SyncGroup)) if outcome == "TIMEOUT" => {
+                    tally.add(format!("other APIs: {a:?} waited longer than the client (allowed)"))
+                }
+                Some(a) if outcome == "TIMEOUT" => tally.add(format!("other APIs: TIMEOUT ({a:?})")),
+                _ => tally.add(format!("other APIs: {outcome}")),
+            }
         }
     }
     tally
@@ -1461,7 +1553,16 @@ fn read_partition(bootstrap: &str, topic: &str, end: i64) -> Vec<(i64, Vec<u8>)>
     let mut got: Vec<(i64, Vec<u8>)> = Vec::new();
     let deadline = Instant::now() + CONSUMER_READ_TIMEOUT;
     while got.last().map_or(-1, |r| r.0) < end - 1 {
-        assert!(Instant::now() < deadline, "{} records of {end} read within {CONSUMER_READ_TIMEOUT:?}", got.len());
+        if Instant::now() >= deadline {
+            let next = got.last().map_or(0, |r| r.0 + 1);
+            panic!(
+                "{} records of {end} read within {CONSUMER_READ_TIMEOUT:?} (stuck after offset {:?})\nlibrdkafka's reasons (kcat -d msg):\n{}\nstored bytes from offset {next} (hex): {}",
+                got.len(),
+                got.last().map(|r| r.0),
+                librdkafka_reasons(bootstrap, topic, next),
+                hex(&stored_batch_at(bootstrap, topic, next))
+            );
+        }
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
             Some(Ok(m)) => got.push((m.offset(), m.payload().unwrap_or_default().to_vec())),
@@ -1485,8 +1586,11 @@ fn read_partition(bootstrap: &str, topic: &str, end: i64) -> Vec<(i64, Vec<u8>)>
 /// What librdkafka says about the batches from `offset` on (kcat with message debugging), for a
 /// failure message.
 fn librdkafka_reasons(bootstrap: &str, topic: &str, offset: i64) -> String {
-    let out = std::process::Command::new("kcat")
+    // kcat -e never ends on a partition a consumer is stuck in: `timeout` bounds it.
+    let out = std::process::Command::new("timeout")
         .args([
+            "20",
+            "kcat",
             "-C",
             "-b",
             bootstrap,
