@@ -690,6 +690,9 @@ impl Broker {
 
 pub mod cluster;
 
+/// Seeded PRNG, mutations and tallies for tests/fuzz.rs.
+pub mod fuzz;
+
 /// A RecordBatch v2 of `values`, uncompressed, without producer id or keys.
 pub fn plain_batch(values: &[String]) -> bytes::Bytes {
     let records: Vec<kafka_protocol::records::Record> = values
