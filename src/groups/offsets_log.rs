@@ -10,7 +10,7 @@ use kafka_protocol::records::{
 };
 
 /// The internal topic.
-pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+pub const OFFSETS_TOPIC: &str = crate::topics::CONSUMER_OFFSETS_TOPIC;
 const KEY_VERSION_OFFSET: i16 = 1;
 const VALUE_VERSION: i16 = 3;
 

@@ -10,7 +10,6 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use crate::groups::offsets_log::OFFSETS_TOPIC;
 use crate::partition::{PartitionError, Produced};
 use crate::shard::{CoreReply, CoreRequest, Shard};
 
@@ -35,7 +34,7 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Pro
                 let index = p.index;
                 let result = if !valid_acks {
                     Err(PartitionError::new(ResponseError::InvalidRequiredAcks, "acks must be -1, 0 or 1"))
-                } else if topic == OFFSETS_TOPIC {
+                } else if crate::topics::INTERNAL_TOPICS.contains(&topic.as_str()) {
                     // Kafka: only the group coordinator writes internal topics.
                     Err(PartitionError::new(
                         ResponseError::InvalidTopicException,

@@ -6,7 +6,9 @@
 //! capped, and a snappy block's declared length is checked against the cap and against the most
 //! snappy can expand its input before a buffer is made for it.
 
+use std::cell::Cell;
 use std::io::{self, BufRead, BufReader, Read};
+use std::rc::Rc;
 
 use bytes::{Buf, Bytes};
 
@@ -55,18 +57,36 @@ impl Codec {
 /// Reading more than `limit` bytes from it fails with `InvalidData`.
 pub fn decoder(codec: Codec, compressed: Bytes, limit: usize) -> Result<Box<dyn BufRead>, BatchError> {
     let corrupt = |what: &str, e: io::Error| BatchError::Corrupt(format!("{what}: {e}"));
+    let mut leftover = None;
     let inner: Box<dyn Read> = match codec {
         Codec::None => Box::new(compressed.reader()),
-        Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(compressed.reader())),
+        // One gzip member, as every producer writes: librdkafka decompresses only the first, so
+        // bytes after it (a second member included, which Java would read) make a batch its
+        // consumers can never get past.
+        Codec::Gzip => {
+            let input = Tracked::new(compressed);
+            leftover = Some(input.left.clone());
+            Box::new(flate2::bufread::GzDecoder::new(input))
+        }
         Codec::Snappy => Box::new(SnappyReader::new(compressed, limit)?),
-        Codec::Lz4 => Box::new(lz4::Decoder::new(compressed.reader()).map_err(|e| corrupt("lz4 frame", e))?),
+        // One lz4 frame filling the section exactly (librdkafka refuses bytes after it).
+        Codec::Lz4 => {
+            let frame = lz4_frame_len(&compressed)?;
+            if frame != compressed.len() {
+                return Err(BatchError::Corrupt(format!(
+                    "{} bytes after the lz4 frame of {frame} bytes",
+                    compressed.len() - frame
+                )));
+            }
+            Box::new(lz4::Decoder::new(compressed.reader()).map_err(|e| corrupt("lz4 frame", e))?)
+        }
         Codec::Zstd => {
             let mut d = zstd::stream::read::Decoder::new(compressed.reader()).map_err(|e| corrupt("zstd", e))?;
             d.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| corrupt("zstd", e))?;
             Box::new(d)
         }
     };
-    Ok(Box::new(BufReader::with_capacity(DECODE_BUFFER_BYTES, Capped { inner, left: limit })))
+    Ok(Box::new(BufReader::with_capacity(DECODE_BUFFER_BYTES, Capped { inner, left: limit, leftover })))
 }
 
 /// Decompresses a whole records section, up to `limit` bytes (the cleaner rebuilds batches from it).
@@ -81,10 +101,12 @@ pub fn decompress(codec: Codec, compressed: Bytes, limit: usize) -> Result<Bytes
     Ok(Bytes::from(out))
 }
 
-/// Fails a read that would go past `left` more bytes.
+/// Fails a read that would go past `left` more bytes, and an end of stream that left compressed
+/// input unread (`leftover`, where the decoder reports it).
 struct Capped {
     inner: Box<dyn Read>,
     left: usize,
+    leftover: Option<Rc<Cell<usize>>>,
 }
 
 impl Read for Capped {
@@ -95,6 +117,14 @@ impl Read for Capped {
         // Ask for one byte more than allowed so that going past the cap is seen, not hidden.
         let want = buf.len().min(self.left.saturating_add(1));
         let n = self.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            if let Some(left) = self.leftover.as_ref().map(|l| l.get()).filter(|&l| l > 0) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{left} bytes after the end of the compressed stream"),
+                ));
+            }
+        }
         if n > self.left {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -107,6 +137,88 @@ impl Read for Capped {
 }
 
 const MAX_DECOMPRESSED_BATCH_BYTES_MIB: usize = MAX_DECOMPRESSED_BATCH_BYTES >> 20;
+
+/// Compressed input read through `BufRead`, so a decoder consumes exactly what its stream holds;
+/// `left` tells what it did not consume.
+struct Tracked {
+    input: Bytes,
+    left: Rc<Cell<usize>>,
+}
+
+impl Tracked {
+    fn new(input: Bytes) -> Tracked {
+        let left = Rc::new(Cell::new(input.len()));
+        Tracked { input, left }
+    }
+}
+
+impl Read for Tracked {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.input.len());
+        buf[..n].copy_from_slice(&self.input[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Tracked {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        Ok(&self.input)
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.input.advance(amt.min(self.input.len()));
+        self.left.set(self.input.len());
+    }
+}
+
+/// LZ4 frame format (lz4_Frame_format.md): magic, FLG, BD, optional content size and dictionary
+/// id, header checksum, then blocks (u32 LE size, high bit = stored; 0 ends them) each with an
+/// optional checksum, then an optional content checksum.
+const LZ4_MAGIC: u32 = 0x184D_2204;
+const LZ4_FLG_BLOCK_CHECKSUM: u8 = 0x10;
+const LZ4_FLG_CONTENT_SIZE: u8 = 0x08;
+const LZ4_FLG_CONTENT_CHECKSUM: u8 = 0x04;
+const LZ4_FLG_DICT_ID: u8 = 0x01;
+
+/// The length of the one lz4 frame at the start of `b`, from its block sizes alone (nothing is
+/// decompressed): what follows it is not part of any frame librdkafka reads.
+fn lz4_frame_len(b: &[u8]) -> Result<usize, BatchError> {
+    let cut = || BatchError::Corrupt("lz4 frame cut short".into());
+    let u32_at = |at: usize| -> Result<u32, BatchError> {
+        let bytes = b.get(at..at + 4).ok_or_else(cut)?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    };
+    if u32_at(0)? != LZ4_MAGIC {
+        return Err(BatchError::Corrupt("not an lz4 frame".into()));
+    }
+    let flg = *b.get(4).ok_or_else(cut)?;
+    let mut at = 6; // magic, FLG, BD
+    if flg & LZ4_FLG_CONTENT_SIZE != 0 {
+        at += 8;
+    }
+    if flg & LZ4_FLG_DICT_ID != 0 {
+        at += 4;
+    }
+    at += 1; // header checksum
+    let block_checksum = if flg & LZ4_FLG_BLOCK_CHECKSUM != 0 { 4 } else { 0 };
+    loop {
+        let size = u32_at(at)?;
+        at += 4;
+        if size == 0 {
+            break;
+        }
+        at =
+            at.checked_add((size & 0x7fff_ffff) as usize + block_checksum).filter(|&e| e <= b.len()).ok_or_else(cut)?;
+    }
+    if flg & LZ4_FLG_CONTENT_CHECKSUM != 0 {
+        at += 4;
+    }
+    if at > b.len() {
+        return Err(cut());
+    }
+    Ok(at)
+}
 
 /// Snappy as Kafka clients write it: xerial-framed blocks (Java) or one raw block (librdkafka).
 /// Snappy has no streaming decoder, so each block is decoded whole, after its declared length
@@ -230,6 +342,19 @@ mod tests {
             };
             assert!(total <= 1 << 20, "{codec:?}: read {total}");
             assert!(err.to_string().contains("limit"), "{codec:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn bytes_after_a_gzip_member_or_an_lz4_frame_are_refused() {
+        let plain = b"some records".repeat(100);
+        for codec in [Codec::Gzip, Codec::Lz4] {
+            let one = compress(codec, &plain);
+            assert_eq!(&decompress(codec, one.clone(), 1 << 20).unwrap()[..], &plain[..], "{codec:?}");
+            let trailing = Bytes::from([&one[..], &[1, 2, 3, 4, 5]].concat());
+            assert!(decompress(codec, trailing, 1 << 20).is_err(), "{codec:?}: trailing bytes");
+            let two = Bytes::from([&one[..], &one[..]].concat());
+            assert!(decompress(codec, two, 1 << 20).is_err(), "{codec:?}: two streams");
         }
     }
 
