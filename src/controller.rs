@@ -31,8 +31,6 @@ const CONTROLLER_TICK: Duration = Duration::from_millis(100);
 const ISR_TICK: Duration = Duration::from_millis(200);
 /// Longest wait for one proposal during a controlled shutdown.
 const CONTROLLED_SHUTDOWN_STEP: Duration = Duration::from_secs(1);
-/// Producer ids reserved per Raft write.
-const PRODUCER_ID_BLOCK: i64 = 1000;
 /// Most leader and ISR changes the controller proposes per tick (bounds one tick's work).
 const MAX_CHANGES_PER_TICK: usize = 256;
 
@@ -597,7 +595,7 @@ pub async fn allocate_producer_id(shard: &Rc<Shard>, cp: &ControlPlane) -> Resul
     // Another broker may reserve the same start concurrently: the loser retries from the new next.
     for _ in 0..16 {
         let start = cp.state().next_producer_id;
-        let cmd = ClusterCommand::ReserveProducerIds { start, count: PRODUCER_ID_BLOCK };
+        let cmd = ClusterCommand::ReserveProducerIds { start, count: crate::producer_state::PRODUCER_ID_BLOCK };
         let o = match cp.propose(cmd, PROPOSE_TIMEOUT).await {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => return Err(PartitionError::new(ResponseError::RequestTimedOut, e.to_string())),
@@ -605,7 +603,7 @@ pub async fn allocate_producer_id(shard: &Rc<Shard>, cp: &ControlPlane) -> Resul
         };
         let _ = cp.wait_applied(o.log_index, PROPOSE_TIMEOUT).await;
         if o.result.is_ok() {
-            shard.producer_ids.set((start + 1, start + PRODUCER_ID_BLOCK));
+            shard.producer_ids.set((start + 1, start + crate::producer_state::PRODUCER_ID_BLOCK));
             return Ok(start);
         }
     }

@@ -19,12 +19,13 @@ use kafka_protocol::error::ResponseError;
 use sluice_io::{Admission, Log, StoredBatch};
 use tracing::{info, warn};
 
+use crate::cluster::BrokerId;
 use crate::config::TopicSettings;
 use crate::metrics::ReplicationSample;
 use crate::producer_state::{ProducerStates, Refusal};
 use crate::record::batch::{self as record_batch, BatchError, BatchInfo};
 use crate::record::validate::{BatchCheck, Rules};
-use crate::replication::progress::{BrokerId, LeaderState};
+use crate::replication::progress::LeaderState;
 use crate::replication::{EpochEndOffset, UNDEFINED_EPOCH};
 
 /// Leader epoch stamped into stored batches on a single node.

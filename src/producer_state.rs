@@ -22,6 +22,9 @@ pub const MAX_BATCHES_PER_PRODUCER: usize = 5;
 pub const PRODUCER_EXPIRATION_MS: i64 = 7 * 24 * 3600 * 1000;
 /// File of the snapshot in a partition directory.
 pub const SNAPSHOT_FILE: &str = "producers.snapshot";
+/// Producer ids reserved per durable write (the catalog file on a single node, a Raft command in a
+/// cluster): ids are never reused, and a restart skips at most this many.
+pub const PRODUCER_ID_BLOCK: i64 = 1000;
 const SNAPSHOT_MAGIC: u32 = u32::from_le_bytes(*b"SPRS");
 const SNAPSHOT_VERSION: u32 = 1;
 

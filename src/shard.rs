@@ -204,8 +204,6 @@ pub struct ReplyEnvelope {
 
 /// The catalog owner: core 0.
 pub const CATALOG_CORE: usize = 0;
-/// Producer ids handed out per catalog write (the catalog persists the next block).
-const PRODUCER_ID_BLOCK: i64 = 1000;
 
 pub struct Shard {
     pub id: usize,
@@ -1031,9 +1029,9 @@ impl Shard {
         }
         let mut table = (*self.catalog()).clone();
         let start = table.next_producer_id;
-        table.next_producer_id = start + PRODUCER_ID_BLOCK;
+        table.next_producer_id = start + crate::producer_state::PRODUCER_ID_BLOCK;
         self.publish(table).await?;
-        self.producer_ids.set((start + 1, start + PRODUCER_ID_BLOCK));
+        self.producer_ids.set((start + 1, start + crate::producer_state::PRODUCER_ID_BLOCK));
         Ok(start)
     }
 

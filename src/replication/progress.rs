@@ -5,8 +5,7 @@
 
 use std::collections::BTreeMap;
 
-/// A broker id (Kafka's).
-pub type BrokerId = i32;
+use crate::cluster::BrokerId;
 
 /// What the leader knows of one follower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
