@@ -905,33 +905,8 @@ fn known_finding_gzip_members_after_the_first_are_refused() {
 // ---------------------------------------------------------------------------------------------------
 // Target 2: request frames.
 
-/// The APIs and versions Sluice serves (src/kafka/api_versions.rs).
-const SERVED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 11),
-    (ApiKey::Fetch, 4, 16),
-    (ApiKey::ListOffsets, 1, 8),
-    (ApiKey::Metadata, 0, 12),
-    (ApiKey::ApiVersions, 0, 4),
-    (ApiKey::CreateTopics, 2, 7),
-    (ApiKey::DeleteTopics, 1, 6),
-    (ApiKey::InitProducerId, 0, 5),
-    (ApiKey::DescribeConfigs, 1, 4),
-    (ApiKey::CreatePartitions, 0, 3),
-    (ApiKey::FindCoordinator, 0, 4),
-    (ApiKey::JoinGroup, 0, 7),
-    (ApiKey::SyncGroup, 0, 5),
-    (ApiKey::Heartbeat, 0, 4),
-    (ApiKey::LeaveGroup, 0, 4),
-    (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 8),
-    (ApiKey::ListGroups, 0, 4),
-    (ApiKey::DescribeGroups, 0, 5),
-    (ApiKey::DeleteGroups, 0, 2),
-    (ApiKey::OffsetDelete, 0, 0),
-    (ApiKey::DeleteRecords, 0, 2),
-    (ApiKey::AlterConfigs, 0, 2),
-    (ApiKey::IncrementalAlterConfigs, 0, 1),
-];
+/// The APIs and versions Sluice serves: the broker's own table, so the fuzzer follows it.
+const SERVED: &[(ApiKey, i16, i16)] = sluice::kafka::api_versions::SUPPORTED;
 
 /// A request frame (header and body, without the size prefix).
 fn request_bytes<R: Request>(request: &R, version: i16, correlation_id: i32) -> Option<Vec<u8>> {
@@ -1224,7 +1199,7 @@ fn mutate_request(rng: &mut Rng, pool: &[RequestSeed]) -> Vec<u8> {
     let mut f = seed.frame.clone();
     if rng.chance(15) {
         // Version confusion: the bytes of one version announced as another.
-        let (_, lo, hi) = SERVED.iter().find(|(a, _, _)| *a == seed.api).copied().expect("served");
+        let (lo, hi) = sluice::kafka::api_versions::range(seed.api).expect("served");
         let v = lo + rng.below((hi - lo + 1) as usize) as i16;
         f[2..4].copy_from_slice(&v.to_be_bytes());
     }
@@ -1257,7 +1232,7 @@ fn decode_like_the_broker(frame: &[u8]) -> String {
     let Ok(api) = ApiKey::try_from(key) else {
         return "closed: unknown API key".into();
     };
-    let Some((lo, hi)) = SERVED.iter().find(|(a, _, _)| *a == api).map(|&(_, lo, hi)| (lo, hi)) else {
+    let Some((lo, hi)) = sluice::kafka::api_versions::range(api) else {
         return "closed: API not served".into();
     };
     if version < lo || version > hi {

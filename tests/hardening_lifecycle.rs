@@ -15,14 +15,14 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    BrokerId, CreateTopicsRequest, FetchRequest, ProduceRequest, RequestHeader, ResponseHeader, TopicName,
+    BrokerId, CreateTopicsRequest, FetchRequest, ProduceRequest, ResponseHeader, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::protocol::{Decodable, HeaderVersion, Request, StrBytes};
 use kafka_protocol::records::RecordBatchDecoder;
 
 use common::{free_port, plain_batch, unique_topic, wire, Broker, BrokerOptions};
@@ -226,16 +226,8 @@ impl RawClient {
 
     fn send<R: Request>(&mut self, request: &R, version: i16) -> i32 {
         self.correlation_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("sluice-lifecycle-test")));
-        let mut body = BytesMut::new();
-        header.encode(&mut body, R::header_version(version)).expect("encode request header");
-        request.encode(&mut body, version).expect("encode request");
-        let mut frame = u32::try_from(body.len()).expect("frame length").to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
+        let frame = common::cluster::encode_request(request, version, self.correlation_id, "sluice-lifecycle-test")
+            .unwrap_or_else(|e| panic!("{e}"));
         self.stream.write_all(&frame).unwrap_or_else(|e| panic!("send API {} v{version}: {e}", R::KEY));
         self.correlation_id
     }

@@ -36,9 +36,9 @@ use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionRespons
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     BrokerId, CreateTopicsRequest, FetchRequest, InitProducerIdRequest, ListOffsetsRequest, ProduceRequest, ProducerId,
-    RequestHeader, ResponseHeader, TopicName,
+    ResponseHeader, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::protocol::{Decodable, HeaderVersion, Request, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
@@ -122,16 +122,8 @@ impl RawClient {
     /// Sends `request` and returns its correlation id.
     fn send<R: Request>(&mut self, request: &R, version: i16) -> i32 {
         self.correlation_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("sluice-idempotence-test")));
-        let mut body = BytesMut::new();
-        header.encode(&mut body, R::header_version(version)).expect("encode request header");
-        request.encode(&mut body, version).expect("encode request");
-        let mut frame = u32::try_from(body.len()).expect("frame length").to_be_bytes().to_vec();
-        frame.extend_from_slice(&body);
+        let frame = common::cluster::encode_request(request, version, self.correlation_id, "sluice-idempotence-test")
+            .unwrap_or_else(|e| panic!("{e}"));
         self.stream.write_all(&frame).unwrap_or_else(|e| panic!("send API {} v{version}: {e}", R::KEY));
         self.correlation_id
     }

@@ -728,20 +728,32 @@ pub fn metadata_at(addr: SocketAddr, id: i32, topics: Option<&[&str]>) -> Result
     Ok(ClusterView { answered_by: id, brokers, controller: response.controller_id.0, topics })
 }
 
-/// One request on a fresh connection and its whole answer, decoded; any failure as text.
-pub fn call<R: Request>(addr: SocketAddr, request: &R, version: i16) -> Result<R::Response, String> {
-    let mut stream = wire::connect(addr, REQUEST_TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
-    let correlation_id = 1;
+/// A size-prefixed frame of `request` (header with `correlation_id` and `client_id`, then the body
+/// in `version`), as a client sends it.
+pub fn encode_request<R: Request>(
+    request: &R,
+    version: i16,
+    correlation_id: i32,
+    client_id: &'static str,
+) -> Result<Vec<u8>, String> {
     let header = RequestHeader::default()
         .with_request_api_key(R::KEY)
         .with_request_api_version(version)
         .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str("sluice-cluster-test")));
+        .with_client_id(Some(StrBytes::from_static_str(client_id)));
     let mut body = BytesMut::new();
     header.encode(&mut body, R::header_version(version)).map_err(|e| format!("encode header: {e}"))?;
     request.encode(&mut body, version).map_err(|e| format!("encode API {} v{version}: {e}", R::KEY))?;
     let mut frame = u32::try_from(body.len()).expect("frame length").to_be_bytes().to_vec();
     frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// One request on a fresh connection and its whole answer, decoded; any failure as text.
+pub fn call<R: Request>(addr: SocketAddr, request: &R, version: i16) -> Result<R::Response, String> {
+    let mut stream = wire::connect(addr, REQUEST_TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
+    let correlation_id = 1;
+    let frame = encode_request(request, version, correlation_id, "sluice-cluster-test")?;
     stream.write_all(&frame).map_err(|e| format!("send API {} to {addr}: {e}", R::KEY))?;
     let answer = wire::read_frame(&mut stream).map_err(|e| format!("answer to API {} from {addr}: {e}", R::KEY))?;
     let mut buf = Bytes::from(answer);
