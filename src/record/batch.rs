@@ -191,17 +191,35 @@ pub fn stamp(batch: &Bytes, info: &BatchInfo, base_offset: u64, leader_epoch: i3
     (b.freeze(), crc)
 }
 
-fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
+/// Longest zigzag varint of a 64-bit field (a 32-bit field takes at most 5 bytes).
+pub(crate) const MAX_VARLONG_BYTES: usize = 10;
+
+/// Why a varint could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VarintError {
+    /// The bytes ended inside it.
+    Cut,
+    /// Longer than allowed.
+    TooLong,
+}
+
+/// The zigzag varint of at most `max_bytes` bytes at `b[*at..]`; on success `at` moves past it.
+/// The one varint reader of the record format (timestamp lookup, the cleaner, produce validation).
+pub(crate) fn zigzag_varint(b: &[u8], at: &mut usize, max_bytes: usize) -> Result<i64, VarintError> {
+    let rest = b.get(*at..).unwrap_or_default();
     let mut v: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let byte = *b.get(*at)?;
-        *at += 1;
-        v |= u64::from(byte & 0x7f) << shift;
+    for (n, &byte) in rest.iter().take(max_bytes).enumerate() {
+        v |= u64::from(byte & 0x7f) << (7 * n);
         if byte & 0x80 == 0 {
-            return Some(((v >> 1) as i64) ^ -((v & 1) as i64));
+            *at += n + 1;
+            return Ok(((v >> 1) as i64) ^ -((v & 1) as i64));
         }
     }
-    None
+    Err(if rest.len() < max_bytes { VarintError::Cut } else { VarintError::TooLong })
+}
+
+fn varint(b: &[u8], at: &mut usize) -> Option<i64> {
+    zigzag_varint(b, at, MAX_VARLONG_BYTES).ok()
 }
 
 /// For an uncompressed batch, the offset and timestamp of the first record at or above

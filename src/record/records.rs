@@ -12,7 +12,7 @@ use std::ops::Range;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
 
-use super::batch::{BatchError, BatchInfo, CRC_START, HEADER_LEN};
+use super::batch::{zigzag_varint, BatchError, BatchInfo, VarintError, CRC_START, HEADER_LEN, MAX_VARLONG_BYTES};
 use super::codec::{self, Codec, MAX_DECOMPRESSED_BATCH_BYTES};
 use super::validate::CONTROL_BIT;
 
@@ -33,16 +33,10 @@ fn corrupt(m: impl Into<String>) -> BatchError {
 }
 
 fn varint(b: &[u8], at: &mut usize) -> Result<i64, BatchError> {
-    let mut v: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let byte = *b.get(*at).ok_or_else(|| corrupt("record ends inside a varint"))?;
-        *at += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(((v >> 1) as i64) ^ -((v & 1) as i64));
-        }
-    }
-    Err(corrupt("varint longer than 10 bytes"))
+    zigzag_varint(b, at, MAX_VARLONG_BYTES).map_err(|e| match e {
+        VarintError::Cut => corrupt("record ends inside a varint"),
+        VarintError::TooLong => corrupt("varint longer than 10 bytes"),
+    })
 }
 
 /// The records section of `batch` (whose header is `info`), decompressed if the batch is.

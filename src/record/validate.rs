@@ -19,7 +19,7 @@ use std::io::BufRead;
 
 use bytes::Bytes;
 
-use super::batch::{BatchError, BatchInfo, HEADER_LEN};
+use super::batch::{zigzag_varint, BatchError, BatchInfo, VarintError, HEADER_LEN, MAX_VARLONG_BYTES};
 use super::codec::{self, Codec, MAX_DECOMPRESSED_BATCH_BYTES};
 
 /// Attributes bits of a batch.
@@ -27,7 +27,6 @@ pub const TRANSACTIONAL_BIT: i16 = 0x10;
 pub const CONTROL_BIT: i16 = 0x20;
 /// Bytes of a record's fields Kafka reads as a 32-bit varint (5 bytes at most).
 const MAX_VARINT_BYTES: usize = 5;
-const MAX_VARLONG_BYTES: usize = 10;
 
 /// What the topic asks of its records beyond the format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,16 +256,14 @@ impl BatchCheck {
     fn varint(&mut self, max_bytes: usize) -> Result<i64, BatchError> {
         // Hot path: an uncompressed section decodes straight from the slice.
         if let Source::InPlace { bytes, at } = &mut self.records {
-            let mut v: u64 = 0;
-            for (n, &byte) in bytes[*at..].iter().take(max_bytes).enumerate() {
-                v |= u64::from(byte & 0x7f) << (7 * n);
-                if byte & 0x80 == 0 {
-                    *at += n + 1;
-                    self.read += n + 1;
-                    return self.zigzag(v, max_bytes);
-                }
-            }
-            return Err(if bytes.len() - *at < max_bytes { self.premature_end() } else { self.too_long() });
+            let start = *at;
+            let read = zigzag_varint(bytes, at, max_bytes);
+            self.read += *at - start;
+            return match read {
+                Ok(z) => self.fits(z, max_bytes),
+                Err(VarintError::Cut) => Err(self.premature_end()),
+                Err(VarintError::TooLong) => Err(self.too_long()),
+            };
         }
         let mut v: u64 = 0;
         for n in 0..max_bytes {
@@ -278,16 +275,15 @@ impl BatchCheck {
             self.read += 1;
             v |= u64::from(byte & 0x7f) << (7 * n);
             if byte & 0x80 == 0 {
-                return self.zigzag(v, max_bytes);
+                return self.fits(((v >> 1) as i64) ^ -((v & 1) as i64), max_bytes);
             }
         }
         Err(self.too_long())
     }
 
-    /// The zigzag-decoded value of a varint; a 32-bit field must fit in an i32.
+    /// A decoded varint; a 32-bit field must fit in an i32.
     #[inline]
-    fn zigzag(&self, v: u64, max_bytes: usize) -> Result<i64, BatchError> {
-        let z = ((v >> 1) as i64) ^ -((v & 1) as i64);
+    fn fits(&self, z: i64, max_bytes: usize) -> Result<i64, BatchError> {
         if max_bytes == MAX_VARINT_BYTES && i32::try_from(z).is_err() {
             return Err(self.too_long());
         }
