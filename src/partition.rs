@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use event_listener::Event;
 use kafka_protocol::error::ResponseError;
-use sluice_io::{Admission, Log, StoredBatch};
+use sluice_io::{Admission, Log};
 use tracing::{info, warn};
 
 use crate::cluster::BrokerId;
@@ -27,6 +27,10 @@ use crate::record::batch::{self as record_batch, BatchError, BatchInfo};
 use crate::record::validate::{BatchCheck, Rules};
 use crate::replication::progress::LeaderState;
 use crate::replication::{EpochEndOffset, UNDEFINED_EPOCH};
+/// What a read returns: stored batches as they lie in the engine's buffers (`BatchBytes`), so a
+/// fetch splices them to the socket without a copy. Re-exported so the handlers see the
+/// partition's read result, not the storage engine.
+pub use sluice_io::{BatchBytes, StoredBatch};
 
 /// Leader epoch stamped into stored batches on a single node.
 pub const LEADER_EPOCH: i32 = 0;
@@ -41,6 +45,30 @@ thread_local! {
     /// This core's decompression slots (one executor per thread: per core).
     static DECOMPRESSION_SLOTS: Rc<glommio::sync::Semaphore> =
         Rc::new(glommio::sync::Semaphore::new(MAX_CONCURRENT_DECOMPRESSIONS_PER_CORE));
+}
+
+/// How much a producer waits for (Kafka's `acks`): nothing, the leader's write, or every
+/// in-sync replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// acks=0: no answer at all.
+    None,
+    /// acks=1: answered once the leader has written.
+    Leader,
+    /// acks=all (-1): answered once the high watermark passes the batch.
+    All,
+}
+
+impl Acks {
+    /// The wire value's meaning; `None` for anything but -1, 0 and 1 (INVALID_REQUIRED_ACKS).
+    pub fn from_wire(acks: i16) -> Option<Acks> {
+        match acks {
+            -1 => Some(Acks::All),
+            0 => Some(Acks::None),
+            1 => Some(Acks::Leader),
+            _ => None,
+        }
+    }
 }
 
 /// This partition's part in replication.
@@ -553,14 +581,14 @@ impl Partition {
     /// high watermark passes the batches (every ISR member has them), within `timeout`. A
     /// follower refuses (NOT_LEADER_OR_FOLLOWER); acks=all with an ISR below
     /// `min.insync.replicas` is refused before anything is written (NOT_ENOUGH_REPLICAS).
-    pub async fn produce(&self, records: &Bytes, acks: i16, timeout: Duration) -> Result<Produced, PartitionError> {
+    pub async fn produce(&self, records: &Bytes, acks: Acks, timeout: Duration) -> Result<Produced, PartitionError> {
         self.check_leader()?;
         let min_isr = self.settings.borrow().min_insync_replicas;
         let isr_size = || match &*self.role.borrow() {
             Role::Leader(l) => l.isr.len(),
             _ => 1,
         };
-        if acks == -1 && isr_size() < min_isr {
+        if acks == Acks::All && isr_size() < min_isr {
             return Err(PartitionError::new(
                 ResponseError::NotEnoughReplicas,
                 format!("{} in-sync replicas, min.insync.replicas is {min_isr}", isr_size()),
@@ -593,7 +621,7 @@ impl Partition {
             self.data_arrived.notify(usize::MAX);
         } else {
             self.advance_high_watermark();
-            if acks == -1 {
+            if acks == Acks::All {
                 self.wait_replicated(end, timeout).await?;
                 if isr_size() < min_isr {
                     return Err(PartitionError::new(

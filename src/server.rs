@@ -19,8 +19,8 @@ use tracing::{error, info, warn};
 
 use crate::cluster::{BasicNode, ControlPlane, ControlPlaneConfig};
 use crate::config::BrokerConfig;
+use crate::core::{Envelope, ReplyEnvelope, Shard};
 use crate::groups::offsets_log::OFFSETS_TOPIC;
-use crate::shard::{Envelope, ReplyEnvelope, Shard};
 use crate::topics::{self, TopicTable};
 
 /// How often each core looks at the signal flag.
@@ -218,9 +218,9 @@ async fn core_main(
     let (rep_tx, rep_rx) = replies.join().await.map_err(|_| anyhow::anyhow!("joining the reply mesh"))?;
     let shard = Shard::new(id, cores, config.clone(), table.clone(), req_tx, rep_tx, metrics, control.clone());
     shard.start_mesh_tasks(req_rx, rep_rx);
+    crate::groups::service::install(&shard);
     shard.apply_catalog(table).await;
-    shard.load_offsets().await?;
-    glommio::spawn_local(shard.clone().group_timers()).detach();
+    crate::groups::service::load_offsets(&shard).await?;
     // No core takes client connections before every core has opened its partitions and loaded
     // its groups: a request forwarded to a core still starting would see a half-built state.
     // Nothing else runs on the cores yet, so blocking this thread here is harmless.
@@ -238,9 +238,9 @@ async fn core_main(
         })
         .detach();
         crate::replica::fetcher::start(&shard);
-        crate::controller::start_isr_watch(&shard, cp.clone());
+        crate::metadata::controller::start_isr_watch(&shard, cp.clone());
         if id == 0 {
-            crate::controller::start(&shard, cp.clone());
+            crate::metadata::controller::start(&shard, cp.clone());
         }
     }
     let listener = TcpListener::bind(&config.listen).map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen))?;
@@ -257,22 +257,7 @@ async fn core_main(
         s.begin_shutdown();
     })
     .detach();
-    let s = shard.clone();
-    glommio::spawn_local(async move {
-        while !sleep_unless_shutdown(&s, s.config.retention_check_interval_ms).await {
-            s.apply_retention().await;
-            s.snapshot_producers().await;
-        }
-    })
-    .detach();
-    let s = shard.clone();
-    glommio::spawn_local(async move {
-        s.publish_metrics();
-        while !sleep_unless_shutdown(&s, s.config.metrics_publish_interval_ms).await {
-            s.publish_metrics();
-        }
-    })
-    .detach();
+    crate::core::tasks::start(&shard);
 
     let open = Rc::new(Cell::new(0usize));
     let closed = Rc::new(Event::new());
@@ -320,7 +305,8 @@ async fn core_main(
     }
     drop(listener);
     if let (Some(cp), 0) = (&control, id) {
-        crate::controller::controlled_shutdown(&shard, cp, Duration::from_millis(CONTROLLED_SHUTDOWN_MS)).await;
+        crate::metadata::controller::controlled_shutdown(&shard, cp, Duration::from_millis(CONTROLLED_SHUTDOWN_MS))
+            .await;
     }
     // Let connections finish what they are doing (each stops reading at shutdown).
     let drained = glommio::timer::timeout(Duration::from_millis(DRAIN_TIMEOUT_MS), async {
@@ -369,10 +355,6 @@ fn block_on_reply<T>(rx: futures_channel::oneshot::Receiver<T>) -> Option<T> {
 }
 
 /// Sleeps `ms`, or less if shutdown begins; true when it did.
-async fn sleep_unless_shutdown(shard: &Shard, ms: u64) -> bool {
-    shard.unless_shutdown(glommio::timer::sleep(Duration::from_millis(ms))).await.is_none()
-}
-
 /// Shutdown's bound. Once asked to stop (the first signal, or a core that failed) the process ends
 /// within `timeout`, whatever the cores are doing: the graceful path runs on the executors, and a
 /// core that spins, waits forever or never reaches its signal check would hold it up without end.

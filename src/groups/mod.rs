@@ -7,6 +7,7 @@
 //! group requests there. Everything here runs on that one core.
 
 pub mod offsets_log;
+pub mod service;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -31,7 +32,8 @@ use kafka_protocol::protocol::StrBytes;
 use tracing::{debug, info, warn};
 
 use crate::clock::now_ms;
-use crate::shard::Shard;
+use crate::core::Shard;
+use crate::partition::Acks;
 use offsets_log::{Committed, OffsetRecord, OFFSETS_TOPIC};
 
 /// Kafka's `group.min.session.timeout.ms` / `group.max.session.timeout.ms`.
@@ -658,11 +660,11 @@ impl GroupCoordinator {
         if records.is_empty() {
             return Ok(());
         }
-        let partitions = shard.offsets_partitions();
+        let partitions = service::offsets_partitions(shard);
         let p = offsets_log::partition_for(group_id, partitions);
         let part = shard.local(OFFSETS_TOPIC, p).map_err(|_| ResponseError::NotCoordinator)?;
         let batch = offsets_log::encode_batch(&records, now_ms()).map_err(|_| ResponseError::UnknownServerError)?;
-        part.produce(&batch, -1, COMMIT_REPLICATION_TIMEOUT).await.map_err(|e| {
+        part.produce(&batch, Acks::All, COMMIT_REPLICATION_TIMEOUT).await.map_err(|e| {
             warn!(group = group_id, error = %e.message, "writing offsets failed");
             ResponseError::KafkaStorageError
         })?;

@@ -18,7 +18,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use crate::config::{TopicSettings, TOPIC_CONFIGS};
-use crate::shard::{CoreReply, CoreRequest, NewTopic, Shard, TopicConfigChange, TopicOutcome, CATALOG_CORE};
+use crate::core::Shard;
+use crate::metadata::admin::{self, NewTopic, TopicConfigChange};
 
 /// DescribeConfigs resource types.
 const RESOURCE_TOPIC: i8 = 2;
@@ -39,13 +40,6 @@ fn s(v: impl Into<String>) -> StrBytes {
     StrBytes::from_string(v.into())
 }
 
-async fn catalog_call(shard: &Rc<Shard>, req: CoreRequest) -> Vec<TopicOutcome> {
-    match shard.call(CATALOG_CORE, req).await {
-        CoreReply::Topics(t) => t,
-        _ => Vec::new(),
-    }
-}
-
 pub async fn create_topics(shard: &Rc<Shard>, req: CreateTopicsRequest, version: i16) -> CreateTopicsResponse {
     let topics: Vec<NewTopic> = req
         .topics
@@ -61,9 +55,7 @@ pub async fn create_topics(shard: &Rc<Shard>, req: CreateTopicsRequest, version:
                 .collect(),
         })
         .collect();
-    let outcomes =
-        catalog_call(shard, CoreRequest::CreateTopics { topics: topics.clone(), validate_only: req.validate_only })
-            .await;
+    let outcomes = admin::create_topics(shard, topics.clone(), req.validate_only).await;
     let results = outcomes
         .into_iter()
         .zip(topics)
@@ -116,7 +108,7 @@ pub async fn delete_topics(shard: &Rc<Shard>, req: DeleteTopicsRequest, version:
     } else {
         names.extend(req.topic_names.iter().map(|n| n.0.to_string()));
     }
-    let outcomes = catalog_call(shard, CoreRequest::DeleteTopics { names }).await;
+    let outcomes = admin::delete_topics(shard, names).await;
     let mut responses: Vec<DeletableTopicResult> = outcomes
         .into_iter()
         .map(|o| {
@@ -140,8 +132,7 @@ pub async fn delete_topics(shard: &Rc<Shard>, req: DeleteTopicsRequest, version:
 
 pub async fn create_partitions(shard: &Rc<Shard>, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
     let wanted = req.topics.iter().map(|t| (t.name.0.to_string(), t.count)).collect();
-    let outcomes =
-        catalog_call(shard, CoreRequest::CreatePartitions { topics: wanted, validate_only: req.validate_only }).await;
+    let outcomes = admin::create_partitions(shard, wanted, req.validate_only).await;
     let results = outcomes
         .into_iter()
         .map(|o| {
@@ -305,12 +296,9 @@ async fn alter(shard: &Rc<Shard>, targets: Vec<(i8, StrBytes, AlterTarget)>, val
         .iter()
         .filter_map(|(_, _, t)| if let AlterTarget::Topic(c) = t { Some(c.clone()) } else { None })
         .collect();
-    let mut outcomes = if changes.is_empty() {
-        Vec::new()
-    } else {
-        catalog_call(shard, CoreRequest::AlterTopicConfigs { changes, validate_only }).await
-    }
-    .into_iter();
+    let mut outcomes =
+        if changes.is_empty() { Vec::new() } else { admin::alter_topic_configs(shard, changes, validate_only).await }
+            .into_iter();
     targets
         .into_iter()
         .map(|(rtype, name, t)| {

@@ -29,7 +29,7 @@ use glommio::task::JoinHandle;
 use tracing::debug;
 
 use super::{handle_frame, Outcome};
-use crate::shard::Shard;
+use crate::core::Shard;
 use crate::warn_limited;
 
 /// Bytes read from the socket per read call while assembling a frame.

@@ -3,12 +3,10 @@
 
 use std::rc::Rc;
 
-use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
-use crate::partition::PartitionError;
-use crate::shard::{CoreReply, CoreRequest, Shard};
+use crate::core::Shard;
 
 pub async fn handle(shard: &Rc<Shard>, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
@@ -16,20 +14,9 @@ pub async fn handle(shard: &Rc<Shard>, req: DeleteRecordsRequest) -> DeleteRecor
         let name = t.name.0.to_string();
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
-            let result = match shard.owner(&name, p.partition_index) {
-                Err(e) => Err(e),
-                Ok(owner) => {
-                    let req = CoreRequest::DeleteRecords {
-                        topic: name.clone(),
-                        partition: p.partition_index,
-                        offset: p.offset,
-                    };
-                    match shard.call(owner, req).await {
-                        CoreReply::DeleteRecords(r) => r,
-                        _ => Err(PartitionError::new(ResponseError::UnknownServerError, "owner core did not answer")),
-                    }
-                }
-            };
+            let offset = p.offset;
+            let result =
+                shard.on_leader(&name, p.partition_index, move |p| async move { p.delete_records(offset).await }).await;
             let r = DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
             partitions.push(match result {
                 Ok(low) => r.with_low_watermark(low),

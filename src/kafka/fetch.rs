@@ -7,15 +7,15 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::partition::BatchBytes;
 use event_listener::Event;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
-use sluice_io::BatchBytes;
 
+use crate::core::{FetchedRecords, Shard};
 use crate::kafka::response::RecordsSplice;
 use crate::partition::PartitionError;
-use crate::shard::{CoreRequest, FetchedRecords, Shard};
 
 struct Wanted {
     topic: Option<String>,
@@ -144,16 +144,8 @@ async fn watermarks_only(
     topic: &str,
     partition: i32,
 ) -> Result<(RecordsSplice, i64, i64), PartitionError> {
-    let owner = shard.owner(topic, partition)?;
-    let (start, hw) = if owner == shard.id {
-        let p = shard.local(topic, partition)?;
-        (p.log_start_offset(), p.high_watermark())
-    } else {
-        match shard.call(owner, CoreRequest::Watermarks { topic: topic.to_string(), partition }).await {
-            crate::shard::CoreReply::Watermarks(r) => r?,
-            _ => return Err(PartitionError::new(ResponseError::UnknownServerError, "owner core did not answer")),
-        }
-    };
+    let (start, hw) =
+        shard.on_leader(topic, partition, |p| async move { Ok((p.log_start_offset(), p.high_watermark())) }).await?;
     Ok((RecordsSplice::default(), hw, start))
 }
 
@@ -168,21 +160,19 @@ async fn wait_for_any(shard: &Rc<Shard>, wanted: &[Vec<Wanted>], results: &[Vec<
             if s.len > 0 || w.offset < *hw {
                 continue;
             }
-            let Ok(owner) = shard.owner(name, w.partition) else { continue };
             let (shard, woke, name, partition, offset) =
                 (shard.clone(), woke.clone(), name.clone(), w.partition, w.offset);
             glommio::spawn_local(async move {
-                if owner == shard.id {
-                    if let Ok(p) = shard.local(&name, partition) {
-                        let _ = glommio::timer::timeout(timeout, async {
-                            p.wait_for_data(offset).await;
-                            Ok(())
-                        })
-                        .await;
-                    }
-                } else {
-                    shard.call(owner, CoreRequest::WaitForData { topic: name, partition, offset, timeout }).await;
-                }
+                let waited = shard.on_partition(&name, partition, move |p| async move {
+                    let _ = glommio::timer::timeout(timeout, async {
+                        p.wait_for_data(offset).await;
+                        Ok(())
+                    })
+                    .await;
+                    Ok(())
+                });
+                // Whether it got data, timed out or is gone: the fetch looks again.
+                let _ = waited.await;
                 woke.notify(1);
             })
             .detach();

@@ -25,22 +25,29 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use crate::clock::now_ms;
+use crate::core::Shard;
 use crate::groups::offsets_log::{Committed, OffsetRecord};
+use crate::groups::service::{self, on_core};
+use crate::groups::GroupCoordinator;
 use crate::groups::MAX_OFFSET_METADATA_BYTES;
-use crate::shard::{GroupCall, GroupReply, Shard};
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
-async fn call(shard: &Rc<Shard>, group: &str, c: GroupCall) -> Result<GroupReply, ResponseError> {
-    let core = shard.coordinator_core(group).map_err(|_| ResponseError::CoordinatorNotAvailable)?;
-    // In a cluster, the leader of the group's `__consumer_offsets` partition coordinates it.
+/// Runs `job` with the coordinator of `group`; in a cluster only on the broker leading the
+/// group's `__consumer_offsets` partition (NOT_COORDINATOR elsewhere).
+async fn call<R, F, Fut>(shard: &Rc<Shard>, group: &str, job: F) -> Result<R, ResponseError>
+where
+    F: FnOnce(Rc<Shard>, Rc<GroupCoordinator>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = R> + 'static,
+    R: Send + 'static,
+{
     let (leader, _, _) = coordinator_of(shard, group)?;
     if leader.0 != shard.config.node_id {
         return Err(ResponseError::NotCoordinator);
     }
-    shard.group_call(core, c).await.ok_or(ResponseError::CoordinatorNotAvailable)
+    service::on_coordinator(shard, group, job).await
 }
 
 /// The broker coordinating `group`: this one on a single node; in a cluster the leader of the
@@ -51,7 +58,7 @@ fn coordinator_of(shard: &Rc<Shard>, group: &str) -> Result<(BrokerId, String, i
         let (host, port) = shard.config.advertised();
         return Ok((BrokerId(shard.config.node_id), host, port));
     };
-    let n = shard.offsets_partitions();
+    let n = service::offsets_partitions(shard);
     if n == 0 {
         return Err(ResponseError::CoordinatorNotAvailable);
     }
@@ -74,7 +81,7 @@ pub fn find_coordinator(shard: &Rc<Shard>, req: FindCoordinatorRequest, version:
         if key.is_empty() {
             return Err(ResponseError::InvalidGroupId);
         }
-        shard.coordinator_core(key).map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+        service::coordinator_core(shard, key).map_err(|_| ResponseError::CoordinatorNotAvailable)?;
         coordinator_of(shard, key)
     };
     if version >= 4 {
@@ -107,9 +114,9 @@ pub async fn join(
     host: String,
 ) -> JoinGroupResponse {
     let group = req.group_id.0.to_string();
-    match call(shard, &group, GroupCall::Join(req, version, client_id, host)).await {
-        Ok(GroupReply::Join(r)) => r,
-        Ok(_) | Err(_) => JoinGroupResponse::default()
+    match call(shard, &group, move |_, g| async move { g.join(req, version, &client_id, &host).await }).await {
+        Ok(r) => r,
+        Err(_) => JoinGroupResponse::default()
             .with_error_code(ResponseError::CoordinatorNotAvailable.code())
             .with_generation_id(-1),
     }
@@ -117,24 +124,24 @@ pub async fn join(
 
 pub async fn sync(shard: &Rc<Shard>, req: SyncGroupRequest, version: i16) -> SyncGroupResponse {
     let group = req.group_id.0.to_string();
-    match call(shard, &group, GroupCall::Sync(req, version)).await {
-        Ok(GroupReply::Sync(r)) => r,
+    match call(shard, &group, move |_, g| async move { g.sync(req, version).await }).await {
+        Ok(r) => r,
         _ => SyncGroupResponse::default().with_error_code(ResponseError::CoordinatorNotAvailable.code()),
     }
 }
 
 pub async fn heartbeat(shard: &Rc<Shard>, req: HeartbeatRequest) -> HeartbeatResponse {
     let group = req.group_id.0.to_string();
-    match call(shard, &group, GroupCall::Heartbeat(req)).await {
-        Ok(GroupReply::Heartbeat(r)) => r,
+    match call(shard, &group, move |_, g| async move { g.heartbeat(req) }).await {
+        Ok(r) => r,
         _ => HeartbeatResponse::default().with_error_code(ResponseError::CoordinatorNotAvailable.code()),
     }
 }
 
 pub async fn leave(shard: &Rc<Shard>, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
     let group = req.group_id.0.to_string();
-    match call(shard, &group, GroupCall::Leave(req, version)).await {
-        Ok(GroupReply::Leave(r)) => r,
+    match call(shard, &group, move |_, g| async move { g.leave(req, version) }).await {
+        Ok(r) => r,
         _ => LeaveGroupResponse::default().with_error_code(ResponseError::CoordinatorNotAvailable.code()),
     }
 }
@@ -175,22 +182,11 @@ pub async fn offset_commit(shard: &Rc<Shard>, req: OffsetCommitRequest, _version
         }
         codes.push(parts);
     }
-    let outcome = match call(
-        shard,
-        &group,
-        GroupCall::Commit {
-            group: group.clone(),
-            generation: req.generation_id_or_member_epoch,
-            member: req.member_id.to_string(),
-            records,
-        },
-    )
-    .await
-    {
-        Ok(GroupReply::Commit(r)) => r,
-        Ok(_) => Err(ResponseError::UnknownServerError),
-        Err(e) => Err(e),
-    };
+    let (generation, member, name) = (req.generation_id_or_member_epoch, req.member_id.to_string(), group.clone());
+    let outcome =
+        call(shard, &group, move |s, g| async move { g.commit(&s, &name, generation, &member, records).await })
+            .await
+            .and_then(|r| r);
     let topics = req
         .topics
         .iter()
@@ -214,10 +210,8 @@ async fn fetch_group(
     group: &str,
     wanted: Option<Vec<(String, i32)>>,
 ) -> Result<Vec<(String, i32, Option<Committed>)>, ResponseError> {
-    match call(shard, group, GroupCall::FetchOffsets { group: group.to_string(), wanted }).await? {
-        GroupReply::Offsets(o) => Ok(o),
-        _ => Err(ResponseError::UnknownServerError),
-    }
+    let name = group.to_string();
+    call(shard, group, move |_, g| async move { g.fetch_offsets(&name, wanted) }).await
 }
 
 /// A topic's committed offsets, by partition (`None`: nothing committed).
@@ -302,7 +296,8 @@ pub async fn list_groups(shard: &Rc<Shard>, req: ListGroupsRequest, version: i16
     let states: Vec<String> = req.states_filter.iter().map(|x| x.to_string()).collect();
     let mut groups = Vec::new();
     for core in 0..shard.cores {
-        if let Some(GroupReply::List(l)) = shard.group_call(core, GroupCall::List(states.clone())).await {
+        let states = states.clone();
+        if let Ok(l) = on_core(shard, core, move |_, g| async move { g.list(&states) }).await {
             groups.extend(l);
         }
     }
@@ -324,15 +319,16 @@ pub async fn describe_groups(shard: &Rc<Shard>, req: DescribeGroupsRequest, vers
     let mut out = Vec::new();
     for g in req.groups {
         let group = g.0.to_string();
-        out.push(match call(shard, &group, GroupCall::Describe(group.clone(), version)).await {
-            Ok(GroupReply::Describe(d)) => {
+        let name = group.clone();
+        out.push(match call(shard, &group, move |_, g| async move { g.describe(&name, version) }).await {
+            Ok(d) => {
                 if req.include_authorized_operations || version < 3 {
                     d
                 } else {
                     d.with_authorized_operations(i32::MIN)
                 }
             }
-            _ => DescribedGroup::default()
+            Err(_) => DescribedGroup::default()
                 .with_group_id(g)
                 .with_error_code(ResponseError::CoordinatorNotAvailable.code())
                 .with_authorized_operations(i32::MIN),
@@ -345,9 +341,9 @@ pub async fn delete_groups(shard: &Rc<Shard>, req: DeleteGroupsRequest) -> Delet
     let mut results = Vec::new();
     for g in req.groups_names {
         let group = g.0.to_string();
-        let code = match call(shard, &group, GroupCall::Delete(group.clone())).await {
-            Ok(GroupReply::Code(c)) => c,
-            Ok(_) => ResponseError::UnknownServerError.code(),
+        let name = group.clone();
+        let code = match call(shard, &group, move |s, g| async move { g.delete_group(&s, &name).await }).await {
+            Ok(c) => c,
             Err(e) => e.code(),
         };
         results.push(DeletableGroupResult::default().with_group_id(GroupId(s(&group))).with_error_code(code));
@@ -362,11 +358,9 @@ pub async fn offset_delete(shard: &Rc<Shard>, req: OffsetDeleteRequest) -> Offse
         .iter()
         .flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), p.partition_index)))
         .collect();
-    let (code, per) = match call(shard, &group, GroupCall::OffsetDelete { group: group.clone(), partitions }).await {
-        Ok(GroupReply::OffsetDelete(code, per)) => (code, per),
-        Ok(_) => (ResponseError::UnknownServerError.code(), Vec::new()),
-        Err(e) => (e.code(), Vec::new()),
-    };
+    let name = group.clone();
+    let deleted = call(shard, &group, move |s, g| async move { g.delete_offsets(&s, &name, partitions).await }).await;
+    let (code, per) = deleted.unwrap_or_else(|e| (e.code(), Vec::new()));
     if code != 0 {
         return OffsetDeleteResponse::default().with_error_code(code);
     }

@@ -13,7 +13,8 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 use kafka_protocol::protocol::StrBytes;
 
 use crate::config::ClusterConfig;
-use crate::shard::{CoreReply, CoreRequest, NewTopic, Shard, CATALOG_CORE};
+use crate::core::Shard;
+use crate::metadata::admin::{self, NewTopic};
 use crate::topics::{ClusterView, TopicMeta};
 
 pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> MetadataResponse {
@@ -44,10 +45,8 @@ pub async fn handle(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Me
                 .collect()
         };
         if !missing.is_empty() {
-            if let CoreReply::Topics(_) =
-                shard.call(CATALOG_CORE, CoreRequest::CreateTopics { topics: missing, validate_only: false }).await
-            {
-            }
+            // Each topic's outcome shows in the answer below: present, or UNKNOWN_TOPIC_OR_PARTITION.
+            admin::create_topics(shard, missing, false).await;
         }
     }
     let cat = shard.catalog();

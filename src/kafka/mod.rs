@@ -19,7 +19,7 @@ pub use connection::{serve_connection, RequestMemory};
 
 use std::rc::Rc;
 
-use crate::shard::Shard;
+use crate::core::Shard;
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseKind};

@@ -10,8 +10,8 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use crate::partition::{PartitionError, Produced};
-use crate::shard::{CoreReply, CoreRequest, Shard};
+use crate::core::Shard;
+use crate::partition::{Acks, PartitionError, Produced};
 
 /// Produce v7 is the first that may carry zstd batches (KIP-110): older clients cannot read them.
 const FIRST_ZSTD_VERSION: i16 = 7;
@@ -21,8 +21,7 @@ const ZSTD_CODEC: u8 = 4;
 const ATTRIBUTES_LOW_BYTE: usize = 22;
 
 pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> ProduceResponse {
-    let valid_acks = matches!(req.acks, -1..=1);
-    let (acks, timeout) = (req.acks, Duration::from_millis(req.timeout_ms.max(0) as u64));
+    let (acks, timeout) = (Acks::from_wire(req.acks), Duration::from_millis(req.timeout_ms.max(0) as u64));
     let mut topics = Vec::with_capacity(req.topic_data.len());
     for t in req.topic_data {
         let topic = t.name.0.to_string();
@@ -32,28 +31,10 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Pro
             let topic = topic.clone();
             tasks.push(glommio::spawn_local(async move {
                 let index = p.index;
-                let result = if !valid_acks {
-                    Err(PartitionError::new(ResponseError::InvalidRequiredAcks, "acks must be -1, 0 or 1"))
-                } else if crate::topics::INTERNAL_TOPICS.contains(&topic.as_str()) {
-                    // Kafka: only the group coordinator writes internal topics.
-                    Err(PartitionError::new(
-                        ResponseError::InvalidTopicException,
-                        format!("Cannot append to internal topic {topic}"),
-                    ))
+                let result = if let Some(acks) = acks {
+                    produce_checked(&shard, &topic, index, p.records, acks, timeout, version).await
                 } else {
-                    match p.records {
-                        None => Err(PartitionError::new(ResponseError::CorruptMessage, "null records")),
-                        Some(records)
-                            if version < FIRST_ZSTD_VERSION
-                                && records.get(ATTRIBUTES_LOW_BYTE).is_some_and(|a| a & 0x7 == ZSTD_CODEC) =>
-                        {
-                            Err(PartitionError::new(
-                                ResponseError::UnsupportedCompressionType,
-                                format!("Produce requests with version {version} must not use ZStandard compression"),
-                            ))
-                        }
-                        Some(records) => produce_one(&shard, &topic, index, records, acks, timeout).await,
-                    }
+                    Err(PartitionError::new(ResponseError::InvalidRequiredAcks, "acks must be -1, 0 or 1"))
                 };
                 (index, result)
             }));
@@ -73,23 +54,34 @@ pub async fn handle(shard: &Rc<Shard>, req: ProduceRequest, version: i16) -> Pro
     ProduceResponse::default().with_responses(topics)
 }
 
-async fn produce_one(
+/// One partition's records: refused if Kafka would refuse them before the partition sees them
+/// (internal topic, null records, zstd below v7), else produced on the partition's core.
+async fn produce_checked(
     shard: &Rc<Shard>,
     topic: &str,
     partition: i32,
-    records: bytes::Bytes,
-    acks: i16,
+    records: Option<bytes::Bytes>,
+    acks: Acks,
     timeout: Duration,
+    version: i16,
 ) -> Result<Produced, PartitionError> {
-    let owner = shard.owner(topic, partition)?;
-    if owner == shard.id {
-        return shard.local(topic, partition)?.produce(&records, acks, timeout).await;
+    if crate::topics::INTERNAL_TOPICS.contains(&topic) {
+        // Kafka: only the group coordinator writes internal topics.
+        return Err(PartitionError::new(
+            ResponseError::InvalidTopicException,
+            format!("Cannot append to internal topic {topic}"),
+        ));
     }
-    let req = CoreRequest::Produce { topic: topic.to_string(), partition, records, acks, timeout };
-    match shard.call(owner, req).await {
-        CoreReply::Produce(r) => r,
-        _ => Err(PartitionError::new(ResponseError::UnknownServerError, "owner core did not answer")),
+    let Some(records) = records else {
+        return Err(PartitionError::new(ResponseError::CorruptMessage, "null records"));
+    };
+    if version < FIRST_ZSTD_VERSION && records.get(ATTRIBUTES_LOW_BYTE).is_some_and(|a| a & 0x7 == ZSTD_CODEC) {
+        return Err(PartitionError::new(
+            ResponseError::UnsupportedCompressionType,
+            format!("Produce requests with version {version} must not use ZStandard compression"),
+        ));
     }
+    shard.on_partition(topic, partition, move |p| async move { p.produce(&records, acks, timeout).await }).await
 }
 
 fn partition_response(index: i32, result: Result<Produced, PartitionError>) -> PartitionProduceResponse {

@@ -7,7 +7,8 @@ use std::rc::Rc;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 
-use crate::shard::{CoreReply, CoreRequest, Shard, CATALOG_CORE};
+use crate::core::Shard;
+use crate::metadata::admin;
 
 pub async fn handle(shard: &Rc<Shard>, req: InitProducerIdRequest) -> InitProducerIdResponse {
     let r = InitProducerIdResponse::default();
@@ -18,14 +19,8 @@ pub async fn handle(shard: &Rc<Shard>, req: InitProducerIdRequest) -> InitProduc
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
     }
-    match shard.call(CATALOG_CORE, CoreRequest::AllocateProducerId).await {
-        CoreReply::ProducerId(Ok(id)) => r.with_producer_id(ProducerId(id)).with_producer_epoch(0),
-        CoreReply::ProducerId(Err(e)) => {
-            r.with_error_code(e.code.code()).with_producer_id(ProducerId(-1)).with_producer_epoch(-1)
-        }
-        _ => r
-            .with_error_code(ResponseError::UnknownServerError.code())
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1),
+    match admin::allocate_producer_id(shard).await {
+        Ok(id) => r.with_producer_id(ProducerId(id)).with_producer_epoch(0),
+        Err(e) => r.with_error_code(e.code.code()).with_producer_id(ProducerId(-1)).with_producer_epoch(-1),
     }
 }

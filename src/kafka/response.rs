@@ -3,11 +3,11 @@
 //! writes a placeholder, [`SpliceBuf`] records the stored batch views in its place instead of
 //! copying. The connection then writes the encoded pieces and the batch views to the socket in order.
 
+use crate::partition::BatchBytes;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::buf::ByteBufMut;
 use kafka_protocol::protocol::Encodable;
-use sluice_io::BatchBytes;
 
 /// Records longer than this are copied instead of spliced (the placeholder region is static).
 pub const MAX_SPLICED_RECORDS_BYTES: usize = 128 << 20;

@@ -151,8 +151,14 @@ impl CoreMetrics {
         (lock(&self.storage_write_us).clone(), lock(&self.storage_sync_us).clone())
     }
 
-    pub fn publish(&self, snapshot: CoreSnapshot) {
-        *lock(&self.snapshot) = snapshot;
+    /// The core's partitions, as of now (published by the core's metrics job).
+    pub fn publish_partitions(&self, partitions: Vec<PartitionSample>) {
+        lock(&self.snapshot).partitions = partitions;
+    }
+
+    /// The committed offsets of the groups this core coordinates (published by the groups' job).
+    pub fn publish_commits(&self, commits: Vec<CommitSample>) {
+        lock(&self.snapshot).commits = commits;
     }
 
     pub fn snapshot(&self) -> CoreSnapshot {

@@ -15,11 +15,11 @@ use kafka_protocol::error::ResponseError;
 use tracing::{debug, info, warn};
 
 use super::{read_frame, write_frame, ConnError};
+use crate::core::Shard;
 use crate::partition::Partition;
 use crate::replication::{
     FetchPartition, FetchedPartition, FrameDecoder, Hello, Message, ReplicaFetch, MAX_FRAME_BYTES, NO_ERROR,
 };
-use crate::shard::Shard;
 
 /// How long connecting to a leader may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

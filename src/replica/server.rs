@@ -11,12 +11,12 @@ use kafka_protocol::error::ResponseError;
 use tracing::{debug, info, warn};
 
 use super::{read_frame, write_frame, ConnError};
+use crate::core::Shard;
 use crate::partition::ReplicaRead;
 use crate::replication::{
     EpochAnswer, EpochEndOffset, FetchPartition, FetchedPartition, FrameDecoder, Hello, HelloAck, Message,
     OffsetsForLeaderEpochResponse, RawRange, RawSection, ReplicaFetch, ReplicaFetchResponse, MAX_FRAME_BYTES, NO_ERROR,
 };
-use crate::shard::{CoreReply, CoreRequest, Shard};
 
 /// Batch bytes one fetch response carries at most (the frame limit leaves room for metadata).
 const MAX_RESPONSE_BATCH_BYTES: u64 = (MAX_FRAME_BYTES / 2) as u64;
@@ -89,17 +89,16 @@ async fn accept(shard: Rc<Shard>, mut stream: TcpStream) -> Result<(), ConnError
         // SAFETY: the descriptor belongs to `stream`, which is alive for the whole borrow.
         let fd: OwnedFd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned()?;
         // The adopting core answers the Hello.
-        let req = CoreRequest::AdoptReplicaConnection { fd, hello, correlation_id: frame.correlation_id };
-        if !matches!(shard.call(wanted, req).await, CoreReply::Done) {
-            return Err(ConnError::Unexpected("core did not adopt the connection".into()));
-        }
+        let correlation_id = frame.correlation_id;
+        let adopted = shard.invoke_on(wanted, move |s| async move { adopt(s, fd, hello, correlation_id) }).await;
+        adopted.map_err(|e| ConnError::Unexpected(format!("core {wanted} did not adopt the connection: {e}")))?;
         return Ok(());
     }
     serve(shard, stream, hello, frame.correlation_id).await
 }
 
 /// Takes over a connection another core accepted, whose Hello (`correlation_id`) it read.
-pub fn adopt(shard: Rc<Shard>, fd: OwnedFd, hello: Hello, correlation_id: u32) {
+fn adopt(shard: Rc<Shard>, fd: OwnedFd, hello: Hello, correlation_id: u32) {
     // SAFETY: `fd` is an open TCP socket we own; the stream takes ownership of it.
     let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
     glommio::spawn_local(async move {
@@ -216,7 +215,7 @@ async fn fetch_one(
 }
 
 /// A fetch of partitions owned by this core, for a connection on another core (copied bytes).
-pub async fn fetch_copied(
+async fn fetch_copied(
     shard: &Rc<Shard>,
     follower: i32,
     partitions: &[FetchPartition],
@@ -296,11 +295,12 @@ async fn collect(shard: &Rc<Shard>, fetch: &ReplicaFetch) -> Vec<(FetchedPartiti
     }
     for (core, partitions) in remote {
         let asked = partitions.clone();
-        match shard.call(core, CoreRequest::ReplicaFetch { follower: fetch.follower_id, partitions }).await {
-            CoreReply::ReplicaFetched(r) => {
-                out.extend(r.into_iter().map(|(f, b)| (f, b.into_iter().map(Piece::Copied).collect())))
+        let follower = fetch.follower_id;
+        match shard.invoke_on(core, move |s| async move { fetch_copied(&s, follower, &partitions).await }).await {
+            Ok(r) => out.extend(r.into_iter().map(|(f, b)| (f, b.into_iter().map(Piece::Copied).collect()))),
+            Err(_) => {
+                out.extend(asked.iter().map(|p| (fetched(p, ResponseError::UnknownServerError.code()), Vec::new())))
             }
-            _ => out.extend(asked.iter().map(|p| (fetched(p, ResponseError::UnknownServerError.code()), Vec::new()))),
         }
     }
     out

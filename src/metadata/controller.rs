@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 use kafka_protocol::error::ResponseError;
 use tracing::{info, warn};
 
+use super::admin::{refused, report_open_failures, AdminState, NewTopic, TopicConfigChange, TopicOutcome};
 use crate::cluster::{BrokerEndpoints, BrokerId, ClusterCommand, ControlPlane, ControlPlaneError, Rejection};
 use crate::config::TopicSettings;
+use crate::core::Shard;
 use crate::groups::offsets_log::OFFSETS_TOPIC;
 use crate::partition::PartitionError;
-use crate::shard::{refused, report_open_failures, NewTopic, Shard, TopicConfigChange, TopicOutcome};
 use crate::topic_limits::{self, PartitionBudget};
 use crate::topics::{self, ClusterView, TopicTable};
 
@@ -370,7 +371,7 @@ fn admit_assignment(
 
 /// The error for a topic this broker could not open after it was written (its partitions here
 /// stay closed), if any; the partitions were reported by the last catalog publish on this core.
-fn local_open_failure(shard: &Shard, topic: &str) -> Option<crate::shard::OpenFailure> {
+fn local_open_failure(shard: &Shard, topic: &str) -> Option<crate::core::OpenFailure> {
     shard.last_open_failures.borrow().iter().find(|f| f.topic == topic).cloned()
 }
 
@@ -382,7 +383,8 @@ pub async fn create_topics(
     new: Vec<NewTopic>,
     validate_only: bool,
 ) -> Vec<TopicOutcome> {
-    let _permit = shard.catalog_lock.acquire_permit(1).await;
+    let admin = AdminState::of(shard);
+    let _permit = admin.lock.acquire_permit(1).await;
     let mut budget = PartitionBudget::of_this_broker(&shard.config, shard.cores);
     let requested = topic_limits::requested_partitions(&shard.config, new.iter().map(|t| t.partitions));
     if let Err(refusal) = budget.check_request(requested) {
@@ -450,7 +452,8 @@ pub async fn create_topics(
 }
 
 pub async fn delete_topics(shard: &Rc<Shard>, cp: &ControlPlane, names: Vec<String>) -> Vec<TopicOutcome> {
-    let _permit = shard.catalog_lock.acquire_permit(1).await;
+    let admin = AdminState::of(shard);
+    let _permit = admin.lock.acquire_permit(1).await;
     let mut out = Vec::new();
     for name in names {
         let existing = cp.state().topics.get(&name).map(|t| (t.id, t.partitions.len() as i32));
@@ -477,7 +480,8 @@ pub async fn create_partitions(
     wanted: Vec<(String, i32)>,
     validate_only: bool,
 ) -> Vec<TopicOutcome> {
-    let _permit = shard.catalog_lock.acquire_permit(1).await;
+    let admin = AdminState::of(shard);
+    let _permit = admin.lock.acquire_permit(1).await;
     let mut budget = PartitionBudget::of_this_broker(&shard.config, shard.cores);
     let state = cp.state();
     let requested = topic_limits::added_partitions(
@@ -552,7 +556,8 @@ pub async fn alter_topic_configs(
     changes: Vec<TopicConfigChange>,
     validate_only: bool,
 ) -> Vec<TopicOutcome> {
-    let _permit = shard.catalog_lock.acquire_permit(1).await;
+    let admin = AdminState::of(shard);
+    let _permit = admin.lock.acquire_permit(1).await;
     let mut out = Vec::new();
     for c in changes {
         let state = cp.state();
@@ -586,10 +591,11 @@ pub async fn alter_topic_configs(
 
 /// A producer id never handed out before in the cluster: blocks are reserved through Raft.
 pub async fn allocate_producer_id(shard: &Rc<Shard>, cp: &ControlPlane) -> Result<i64, PartitionError> {
-    let _permit = shard.catalog_lock.acquire_permit(1).await;
-    let (next, limit) = shard.producer_ids.get();
+    let admin = AdminState::of(shard);
+    let _permit = admin.lock.acquire_permit(1).await;
+    let (next, limit) = admin.producer_ids.get();
     if next < limit {
-        shard.producer_ids.set((next + 1, limit));
+        admin.producer_ids.set((next + 1, limit));
         return Ok(next);
     }
     // Another broker may reserve the same start concurrently: the loser retries from the new next.
@@ -603,7 +609,7 @@ pub async fn allocate_producer_id(shard: &Rc<Shard>, cp: &ControlPlane) -> Resul
         };
         let _ = cp.wait_applied(o.log_index, PROPOSE_TIMEOUT).await;
         if o.result.is_ok() {
-            shard.producer_ids.set((start + 1, start + crate::producer_state::PRODUCER_ID_BLOCK));
+            admin.producer_ids.set((start + 1, start + crate::producer_state::PRODUCER_ID_BLOCK));
             return Ok(start);
         }
     }
