@@ -75,7 +75,9 @@ fn dedup(c: &mut Criterion) {
                 let (p, chunk) = (p.clone(), chunk.to_vec());
                 tasks.push(glommio::spawn_local(async move {
                     for b in chunk {
-                        p.produce(&b, 1, std::time::Duration::from_secs(30)).await.expect("produce");
+                        p.produce(&b, sluice::partition::Acks::Leader, std::time::Duration::from_secs(30))
+                            .await
+                            .expect("produce");
                     }
                 }));
             }
