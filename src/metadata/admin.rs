@@ -1,22 +1,25 @@
 //! Topic administration and producer-id allocation: CreateTopics, DeleteTopics, CreatePartitions,
-//! (Incremental)AlterConfigs and InitProducerId's id blocks. Every change runs on the catalog core,
-//! one at a time (`AdminState::lock`); a single node writes its catalog file and publishes it to
-//! every core, a cluster proposes the change through Raft (`controller`). The limits both share
-//! (partition counts, descriptors, protected topics) are in `topic_limits`.
+//! (Incremental)AlterConfigs and InitProducerId's id blocks, written once for a single node and a
+//! cluster. Every change runs on the catalog core, one at a time (`AdminState::lock`), validated
+//! here (Kafka's rules; the limits in `topic_limits`), then written to the store (`store`): the
+//! catalog file on a single node, a Raft command in a cluster. A topic or partition that then
+//! fails to open on this broker is taken back where the store allows it.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use glommio::sync::Semaphore;
 use kafka_protocol::error::ResponseError;
 
 use super::controller;
+use super::store::{CatalogChange, CatalogStore, FileStore, RaftStore};
+use crate::cluster::BrokerId;
 use crate::config::TopicSettings;
 use crate::core::{OpenFailure, Shard, CATALOG_CORE};
 use crate::partition::PartitionError;
+use crate::producer_state::PRODUCER_ID_BLOCK;
 use crate::topic_limits::{self, PartitionBudget};
-use crate::topics::{self, TopicMeta, TopicTable};
 
 /// A topic to create.
 #[derive(Debug, Clone)]
@@ -75,39 +78,35 @@ fn unanswered(e: crate::core::MeshError) -> (ResponseError, String) {
     (ResponseError::UnknownServerError, format!("topic administration: {e}"))
 }
 
-fn all_failed<T>(
-    items: impl IntoIterator<Item = T>,
-    name: impl Fn(T) -> String,
-    e: (ResponseError, String),
-) -> Vec<TopicOutcome> {
-    items.into_iter().map(|t| refused(name(t), [0; 16], 0, e.clone())).collect()
+fn all_failed(names: Vec<String>, e: (ResponseError, String)) -> Vec<TopicOutcome> {
+    names.into_iter().map(|n| refused(n, [0; 16], 0, e.clone())).collect()
+}
+
+/// Runs `$call(store, shard, args...)` on the catalog core with this broker's store.
+macro_rules! on_catalog_core {
+    ($shard:expr, $call:ident($($arg:ident),*)) => {
+        $shard
+            .invoke_on(CATALOG_CORE, move |s| async move {
+                match s.control.clone() {
+                    Some(cp) => $call(&RaftStore { shard: &s, cp: &cp }, &s, $($arg),*).await,
+                    None => $call(&FileStore { shard: &s }, &s, $($arg),*).await,
+                }
+            })
+            .await
+    };
 }
 
 /// CreateTopics (also Metadata's auto-creation).
 pub async fn create_topics(shard: &Rc<Shard>, new: Vec<NewTopic>, validate_only: bool) -> Vec<TopicOutcome> {
     let names: Vec<String> = new.iter().map(|t| t.name.clone()).collect();
-    let ran = shard
-        .invoke_on(CATALOG_CORE, move |s| async move {
-            match s.control.clone() {
-                Some(cp) => controller::create_topics(&s, &cp, new, validate_only).await,
-                None => create_topics_single_node(&s, new, validate_only).await,
-            }
-        })
-        .await;
-    ran.unwrap_or_else(|e| all_failed(names, |n| n, unanswered(e)))
+    let ran = on_catalog_core!(shard, create_topics_in(new, validate_only));
+    ran.unwrap_or_else(|e| all_failed(names, unanswered(e)))
 }
 
 pub async fn delete_topics(shard: &Rc<Shard>, names: Vec<String>) -> Vec<TopicOutcome> {
     let asked = names.clone();
-    let ran = shard
-        .invoke_on(CATALOG_CORE, move |s| async move {
-            match s.control.clone() {
-                Some(cp) => controller::delete_topics(&s, &cp, names).await,
-                None => delete_topics_single_node(&s, names).await,
-            }
-        })
-        .await;
-    ran.unwrap_or_else(|e| all_failed(asked, |n| n, unanswered(e)))
+    let ran = on_catalog_core!(shard, delete_topics_in(names));
+    ran.unwrap_or_else(|e| all_failed(asked, unanswered(e)))
 }
 
 /// CreatePartitions: `wanted` is (topic, new total count).
@@ -117,15 +116,8 @@ pub async fn create_partitions(
     validate_only: bool,
 ) -> Vec<TopicOutcome> {
     let names: Vec<String> = wanted.iter().map(|(n, _)| n.clone()).collect();
-    let ran = shard
-        .invoke_on(CATALOG_CORE, move |s| async move {
-            match s.control.clone() {
-                Some(cp) => controller::create_partitions(&s, &cp, wanted, validate_only).await,
-                None => create_partitions_single_node(&s, wanted, validate_only).await,
-            }
-        })
-        .await;
-    ran.unwrap_or_else(|e| all_failed(names, |n| n, unanswered(e)))
+    let ran = on_catalog_core!(shard, create_partitions_in(wanted, validate_only));
+    ran.unwrap_or_else(|e| all_failed(names, unanswered(e)))
 }
 
 /// AlterConfigs and IncrementalAlterConfigs of topics.
@@ -135,281 +127,294 @@ pub async fn alter_topic_configs(
     validate_only: bool,
 ) -> Vec<TopicOutcome> {
     let names: Vec<String> = changes.iter().map(|c| c.topic.clone()).collect();
-    let ran = shard
-        .invoke_on(CATALOG_CORE, move |s| async move {
-            match s.control.clone() {
-                Some(cp) => controller::alter_topic_configs(&s, &cp, changes, validate_only).await,
-                None => alter_topic_configs_single_node(&s, changes, validate_only).await,
-            }
-        })
-        .await;
-    ran.unwrap_or_else(|e| all_failed(names, |n| n, unanswered(e)))
+    let ran = on_catalog_core!(shard, alter_topic_configs_in(changes, validate_only));
+    ran.unwrap_or_else(|e| all_failed(names, unanswered(e)))
 }
 
-/// A producer id never handed out before (by this broker or, in a cluster, by any).
+/// A producer id never handed out before (by this broker or, in a cluster, by any), even across
+/// restarts: ids are reserved in blocks, persisted before any of them is used.
 pub async fn allocate_producer_id(shard: &Rc<Shard>) -> Result<i64, PartitionError> {
-    let ran = shard
-        .invoke_on(CATALOG_CORE, move |s| async move {
-            match s.control.clone() {
-                Some(cp) => controller::allocate_producer_id(&s, &cp).await,
-                None => allocate_producer_id_single_node(&s).await,
-            }
-        })
-        .await;
+    let ran = on_catalog_core!(shard, allocate_producer_id_in());
     ran.map_err(|e| PartitionError::new(ResponseError::UnknownServerError, e.to_string()))?
 }
 
-async fn create_topics_single_node(shard: &Rc<Shard>, new: Vec<NewTopic>, validate_only: bool) -> Vec<TopicOutcome> {
-    assert_eq!(shard.id, CATALOG_CORE, "catalog changes run on the catalog core");
+fn outcome(name: String, id: [u8; 16], partitions: i32, error: Option<(ResponseError, String)>) -> TopicOutcome {
+    TopicOutcome { name, id, error, partitions }
+}
+
+/// The replication factor of a new topic (Kafka's rules and messages).
+fn replication_factor(asked: i16, default: usize, brokers: usize) -> Result<usize, topic_limits::Refusal> {
+    let rf = match asked {
+        -1 => default,
+        n if n >= 1 => n as usize,
+        _ => {
+            return Err((
+                ResponseError::InvalidReplicationFactor,
+                "Replication factor must be larger than 0, or -1 to use the default value.".into(),
+            ))
+        }
+    };
+    if rf > brokers {
+        return Err((
+            ResponseError::InvalidReplicationFactor,
+            format!("Replication factor: {rf} larger than available brokers: {brokers}."),
+        ));
+    }
+    Ok(rf)
+}
+
+/// Admits the replicas of `assignment` on every broker they land on (`topic_limits`; the
+/// descriptors open now are known for this broker only). `pending`: replicas admitted earlier in
+/// this request that the store does not show yet (validate_only); the new ones are added to it.
+fn admit<S: CatalogStore>(
+    shard: &Shard,
+    store: &S,
+    budget: &mut PartitionBudget,
+    pending: &mut BTreeMap<BrokerId, u64>,
+    assignment: &[Vec<BrokerId>],
+) -> Result<(), topic_limits::Refusal> {
+    let hosted = store.hosted_per_broker();
+    let mut new: BTreeMap<BrokerId, u64> = BTreeMap::new();
+    for b in assignment.iter().flatten() {
+        *new.entry(*b).or_default() += 1;
+    }
+    for (b, n) in &new {
+        let now = hosted.get(b).copied().unwrap_or(0) + pending.get(b).copied().unwrap_or(0);
+        budget.admit(*b, now, *n, *b == shard.config.node_id)?;
+    }
+    for (b, n) in new {
+        *pending.entry(b).or_default() += n;
+    }
+    Ok(())
+}
+
+/// The partition of `topic` that did not open on this broker after the last change, if any (the
+/// catalog core records what the last publish could not open).
+fn open_failure(shard: &Shard, topic: &str) -> Option<OpenFailure> {
+    shard.last_open_failures.borrow().iter().find(|f| f.topic == topic).cloned()
+}
+
+async fn create_topics_in<S: CatalogStore>(
+    store: &S,
+    shard: &Rc<Shard>,
+    new: Vec<NewTopic>,
+    validate_only: bool,
+) -> Vec<TopicOutcome> {
     let admin = AdminState::of(shard);
     let _permit = admin.lock.acquire_permit(1).await;
-    let mut table = (*shard.catalog()).clone();
     let mut budget = PartitionBudget::of_this_broker(&shard.config, shard.cores);
     let requested = topic_limits::requested_partitions(&shard.config, new.iter().map(|t| t.partitions));
     if let Err(refusal) = budget.check_request(requested) {
         return new.into_iter().map(|t| refused(t.name, [0; 16], t.partitions, refusal.clone())).collect();
     }
-    let mut hosted: u64 = table.topics.values().map(|t| t.shards.len() as u64).sum();
-    let mut out = Vec::new();
-    let mut created = Vec::new();
+    let mut pending = BTreeMap::new();
+    let mut out = Vec::with_capacity(new.len());
     for t in new {
-        let exists = table.topics.contains_key(&t.name);
-        let partitions =
-            match topic_limits::validate_new_topic(&shard.config, &t.name, t.partitions, &t.configs, exists) {
-                Ok(n) => n,
-                Err(refusal) => {
-                    out.push(refused(t.name, [0; 16], t.partitions, refusal));
-                    continue;
-                }
-            };
-        if t.replication_factor != -1 && t.replication_factor != 1 {
-            let msg = format!("Replication factor: {} larger than available brokers: 1.", t.replication_factor);
-            out.push(refused(t.name, [0; 16], t.partitions, (ResponseError::InvalidReplicationFactor, msg)));
-            continue;
-        }
-        if let Err(refusal) = budget.admit(shard.config.node_id, hosted, partitions as u64, true) {
-            out.push(refused(t.name, [0; 16], t.partitions, refusal));
-            continue;
-        }
-        hosted += partitions as u64;
-        let id = *uuid::Uuid::new_v4().as_bytes();
-        let shards = table.assign(partitions as u32, shard.cores);
-        if !validate_only {
-            table.topics.insert(
-                t.name.clone(),
-                Arc::new(TopicMeta { name: t.name.clone(), id, shards, configs: t.configs.clone() }),
-            );
-            created.push(t.name.clone());
-        }
-        out.push(TopicOutcome { name: t.name, id, error: None, partitions });
-    }
-    if !created.is_empty() {
-        let failures = publish_outcomes(shard, table, &mut out).await;
-        // A topic with a partition that did not open is taken out again: no half-created topic.
-        let broken = open_failures_of(&failures, &created);
-        if !broken.is_empty() {
-            let mut table = (*shard.catalog()).clone();
-            for (name, _) in &broken {
-                table.topics.remove(name);
+        let exists = store.topic(&t.name).is_some();
+        let checked = topic_limits::validate_new_topic(&shard.config, &t.name, t.partitions, &t.configs, exists)
+            .and_then(|n| {
+                let brokers = store.brokers();
+                let rf = replication_factor(t.replication_factor, store.default_replication_factor(), brokers.len())?;
+                let assignment = controller::assign(&brokers, n as usize, rf, store.total_partitions());
+                admit(shard, store, &mut budget, &mut pending, &assignment)?;
+                Ok((n, assignment))
+            });
+        let (partitions, assignment) = match checked {
+            Ok(ok) => ok,
+            Err(refusal) => {
+                out.push(refused(t.name, [0; 16], t.partitions, refusal));
+                continue;
             }
-            let undo = shard.publish(table).await.err();
-            report_open_failures(&mut out, &broken, undo, "the topic was not created");
+        };
+        let id = *uuid::Uuid::new_v4().as_bytes();
+        if validate_only {
+            out.push(outcome(t.name, id, partitions, None));
+            continue;
         }
+        debug_assert_eq!(assignment.len(), partitions as usize, "one replica list per partition");
+        pending.clear(); // written: the store shows them from now on
+        let configs = t.configs.iter().cloned().collect();
+        let create = CatalogChange::CreateTopic { name: t.name.clone(), id, configs, assignment };
+        let mut o = outcome(t.name.clone(), id, partitions, store.write(create).await.err());
+        if o.error.is_none() {
+            debug_assert!(store.topic(&t.name).is_some_and(|s| s.id == id), "a written topic is in the store");
+            if let Some(f) = open_failure(shard, &t.name) {
+                // No half-created topic: take it out again.
+                let undo = store.write(CatalogChange::DeleteTopic { name: t.name.clone() }).await.err();
+                let undo = undo.map(|(code, msg)| PartitionError::new(code, msg));
+                report_open_failures(
+                    std::slice::from_mut(&mut o),
+                    &[(t.name.clone(), f)],
+                    undo,
+                    "the topic was not created",
+                );
+            }
+        }
+        out.push(o);
     }
     out
 }
 
-/// Publishes a changed catalog for an admin request: a failed write fails every change of the
-/// request (none is in effect). Returns the partitions that did not open.
-async fn publish_outcomes(shard: &Rc<Shard>, table: TopicTable, out: &mut [TopicOutcome]) -> Vec<OpenFailure> {
-    match shard.publish(table).await {
-        Ok(failures) => failures,
-        Err(e) => {
-            for o in out.iter_mut().filter(|o| o.error.is_none()) {
-                o.error = Some((ResponseError::KafkaStorageError, e.message.clone()));
-            }
-            Vec::new()
-        }
-    }
-}
-
-async fn delete_topics_single_node(shard: &Rc<Shard>, names: Vec<String>) -> Vec<TopicOutcome> {
-    assert_eq!(shard.id, CATALOG_CORE, "catalog changes run on the catalog core");
+async fn delete_topics_in<S: CatalogStore>(store: &S, shard: &Rc<Shard>, names: Vec<String>) -> Vec<TopicOutcome> {
     let admin = AdminState::of(shard);
     let _permit = admin.lock.acquire_permit(1).await;
-    let mut table = (*shard.catalog()).clone();
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(names.len());
     for name in names {
-        let Some(t) = table.topics.get(&name).cloned() else {
+        let Some(t) = store.topic(&name) else {
             let msg = format!("Topic {name} does not exist");
             out.push(refused(name, [0; 16], 0, (ResponseError::UnknownTopicOrPartition, msg)));
             continue;
         };
         if let Err(refusal) = topic_limits::refuse_protected_change(&shard.config, &name, "deleted") {
-            out.push(refused(name, t.id, t.shards.len() as i32, refusal));
+            out.push(refused(name, t.id, t.partitions, refusal));
             continue;
         }
-        table.topics.remove(&name);
-        out.push(TopicOutcome { name, id: t.id, error: None, partitions: t.shards.len() as i32 });
-    }
-    debug_assert!(
-        topics::INTERNAL_TOPICS
-            .iter()
-            .all(|n| table.topics.contains_key(*n) == shard.catalog().topics.contains_key(*n)),
-        "an internal topic is never deleted by a client"
-    );
-    if out.iter().any(|o| o.error.is_none()) {
-        publish_outcomes(shard, table, &mut out).await;
+        let error = store.write(CatalogChange::DeleteTopic { name: name.clone() }).await.err();
+        let error = error.map(|(code, msg)| match code {
+            ResponseError::UnknownTopicOrPartition => (code, format!("Topic {name} does not exist")),
+            _ => (code, msg),
+        });
+        debug_assert!(error.is_some() || store.topic(&name).is_none(), "a deleted topic is gone");
+        out.push(outcome(name, t.id, t.partitions, error));
     }
     out
 }
 
-async fn create_partitions_single_node(
+async fn create_partitions_in<S: CatalogStore>(
+    store: &S,
     shard: &Rc<Shard>,
     wanted: Vec<(String, i32)>,
     validate_only: bool,
 ) -> Vec<TopicOutcome> {
-    assert_eq!(shard.id, CATALOG_CORE, "catalog changes run on the catalog core");
     let admin = AdminState::of(shard);
     let _permit = admin.lock.acquire_permit(1).await;
-    let mut table = (*shard.catalog()).clone();
     let mut budget = PartitionBudget::of_this_broker(&shard.config, shard.cores);
     let requested = topic_limits::added_partitions(
-        wanted.iter().map(|(name, count)| (table.topics.get(name).map(|t| t.shards.len() as i32), *count)),
+        wanted.iter().map(|(name, count)| (store.topic(name).map(|t| t.partitions), *count)),
     );
     if let Err(refusal) = budget.check_request(requested) {
         return wanted
             .into_iter()
             .map(|(name, count)| {
-                let id = table.topics.get(&name).map_or([0; 16], |t| t.id);
+                let id = store.topic(&name).map_or([0; 16], |t| t.id);
                 refused(name, id, count, refusal.clone())
             })
             .collect();
     }
-    let mut hosted: u64 = table.topics.values().map(|t| t.shards.len() as u64).sum();
-    let mut out = Vec::new();
-    let mut before: Vec<(String, Arc<TopicMeta>)> = Vec::new();
+    let mut pending = BTreeMap::new();
+    let mut out = Vec::with_capacity(wanted.len());
     for (name, count) in wanted {
-        let Some(t) = table.topics.get(&name).cloned() else {
+        let Some(t) = store.topic(&name) else {
             let msg = format!("Topic {name} does not exist");
             out.push(refused(name, [0; 16], count, (ResponseError::UnknownTopicOrPartition, msg)));
             continue;
         };
-        let current = t.shards.len() as i32;
+        let brokers = store.brokers();
         let checked = topic_limits::refuse_protected_change(&shard.config, &name, "given more partitions")
-            .and_then(|()| topic_limits::validate_partition_increase(current, count))
-            .and_then(|added| budget.admit(shard.config.node_id, hosted, added, true).map(|()| added));
-        let added = match checked {
-            Ok(added) => added,
+            .and_then(|()| topic_limits::validate_partition_increase(t.partitions, count))
+            .and_then(|added| {
+                if t.replication_factor > brokers.len() {
+                    let msg = format!("{} replicas, {} brokers", t.replication_factor, brokers.len());
+                    return Err((ResponseError::InvalidReplicationFactor, msg));
+                }
+                let assignment =
+                    controller::assign(&brokers, added as usize, t.replication_factor, store.total_partitions());
+                admit(shard, store, &mut budget, &mut pending, &assignment)?;
+                Ok(assignment)
+            });
+        let assignment = match checked {
+            Ok(a) => a,
             Err(refusal) => {
                 out.push(refused(name, t.id, count, refusal));
                 continue;
             }
         };
-        hosted += added;
-        if !validate_only {
-            let extra = table.assign(added as u32, shard.cores);
-            let mut meta = (*t).clone();
-            meta.shards.extend(extra);
-            table.topics.insert(name.clone(), Arc::new(meta));
-            before.push((name.clone(), t.clone()));
+        if validate_only {
+            out.push(outcome(name, t.id, count, None));
+            continue;
         }
-        out.push(TopicOutcome { name, id: t.id, error: None, partitions: count });
-    }
-    if !before.is_empty() {
-        let failures = publish_outcomes(shard, table, &mut out).await;
-        let grown: Vec<String> = before.iter().map(|(n, _)| n.clone()).collect();
-        let broken = open_failures_of(&failures, &grown);
-        if !broken.is_empty() {
-            // Back to the partitions they had: the new ones are closed and removed again.
-            let mut table = (*shard.catalog()).clone();
-            for (name, meta) in before.iter().filter(|(n, _)| broken.iter().any(|(b, _)| b == n)) {
-                table.topics.insert(name.clone(), meta.clone());
+        pending.clear(); // written: the store shows them from now on
+        let grow = CatalogChange::AddPartitions { name: name.clone(), assignment };
+        let mut o = outcome(name.clone(), t.id, count, store.write(grow).await.err());
+        if o.error.is_none() {
+            debug_assert!(
+                store.topic(&name).is_some_and(|s| s.partitions == count),
+                "the topic has its new partitions"
+            );
+            if let Some(f) = open_failure(shard, &name) {
+                let broken = [(name.clone(), f)];
+                if store.can_remove_partitions() {
+                    // Back to the partitions it had: the new ones are closed and removed again.
+                    let undo = CatalogChange::RemovePartitions { name: name.clone(), partitions: t.partitions };
+                    let undo = store.write(undo).await.err().map(|(code, msg)| PartitionError::new(code, msg));
+                    report_open_failures(std::slice::from_mut(&mut o), &broken, undo, "no partition was added");
+                } else {
+                    // Raft metadata never removes partitions: report which one stays closed here.
+                    report_open_failures(std::slice::from_mut(&mut o), &broken, None, "it stays closed on this broker");
+                }
             }
-            let undo = shard.publish(table).await.err();
-            report_open_failures(&mut out, &broken, undo, "no partition was added");
         }
+        out.push(o);
     }
     out
 }
 
-/// Applies config changes to topics (validated against the broker defaults first).
-async fn alter_topic_configs_single_node(
+async fn alter_topic_configs_in<S: CatalogStore>(
+    store: &S,
     shard: &Rc<Shard>,
     changes: Vec<TopicConfigChange>,
     validate_only: bool,
 ) -> Vec<TopicOutcome> {
-    assert_eq!(shard.id, CATALOG_CORE, "catalog changes run on the catalog core");
     let admin = AdminState::of(shard);
     let _permit = admin.lock.acquire_permit(1).await;
-    let mut table = (*shard.catalog()).clone();
-    let mut out = Vec::new();
-    let mut changed = false;
+    let mut out = Vec::with_capacity(changes.len());
     for c in changes {
-        let Some(meta) = table.topics.get(&c.topic).cloned() else {
+        let Some(t) = store.topic(&c.topic) else {
             let msg = format!("Topic {} does not exist", c.topic);
             out.push(refused(c.topic, [0; 16], 0, (ResponseError::UnknownTopicOrPartition, msg)));
             continue;
         };
-        let partitions = meta.shards.len() as i32;
         if let Err(refusal) = topic_limits::refuse_protected_change(&shard.config, &c.topic, "reconfigured") {
-            out.push(refused(c.topic, meta.id, partitions, refusal));
+            out.push(refused(c.topic, t.id, t.partitions, refusal));
             continue;
         }
-        let mut configs = if c.replace { Vec::new() } else { meta.configs.clone() };
-        configs.retain(|(k, _)| !c.delete.contains(k) && !c.set.iter().any(|(s, _)| s == k));
+        let mut configs = if c.replace { BTreeMap::new() } else { t.configs.clone() };
+        configs.retain(|k, _| !c.delete.contains(k));
         configs.extend(c.set.iter().cloned());
-        if let Err(msg) = TopicSettings::resolve(&shard.config, &configs) {
-            out.push(refused(c.topic, meta.id, partitions, (ResponseError::InvalidConfig, msg)));
+        let listed: Vec<(String, String)> = configs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        if let Err(msg) = TopicSettings::resolve(&shard.config, &listed) {
+            out.push(refused(c.topic, t.id, t.partitions, (ResponseError::InvalidConfig, msg)));
             continue;
         }
-        if !validate_only && configs != meta.configs {
-            let mut m = (*meta).clone();
-            m.configs = configs;
-            table.topics.insert(c.topic.clone(), Arc::new(m));
-            changed = true;
-        }
-        out.push(TopicOutcome { name: c.topic, id: meta.id, error: None, partitions });
-    }
-    if changed {
-        publish_outcomes(shard, table, &mut out).await;
+        let error = if validate_only || configs == t.configs {
+            None
+        } else {
+            store.write(CatalogChange::SetConfigs { name: c.topic.clone(), configs }).await.err()
+        };
+        out.push(outcome(c.topic, t.id, t.partitions, error));
     }
     out
 }
 
-/// Hands out a producer id that was never handed out before, even across restarts: ids are
-/// reserved in blocks persisted in the catalog before any of them is used.
-async fn allocate_producer_id_single_node(shard: &Rc<Shard>) -> Result<i64, PartitionError> {
-    assert_eq!(shard.id, CATALOG_CORE, "producer ids come from the catalog core");
+async fn allocate_producer_id_in<S: CatalogStore>(store: &S, shard: &Rc<Shard>) -> Result<i64, PartitionError> {
     let admin = AdminState::of(shard);
     let _permit = admin.lock.acquire_permit(1).await;
     let (next, limit) = admin.producer_ids.get();
+    debug_assert!(next <= limit, "reserved ids: {next}..{limit}");
     if next < limit {
         admin.producer_ids.set((next + 1, limit));
         return Ok(next);
     }
-    let mut table = (*shard.catalog()).clone();
-    let start = table.next_producer_id;
-    table.next_producer_id = start + crate::producer_state::PRODUCER_ID_BLOCK;
-    shard.publish(table).await?;
-    admin.producer_ids.set((start + 1, start + crate::producer_state::PRODUCER_ID_BLOCK));
+    let start =
+        store.reserve_producer_ids(PRODUCER_ID_BLOCK).await.map_err(|(code, msg)| PartitionError::new(code, msg))?;
+    debug_assert!(start >= limit, "producer-id blocks only move forward: {start} after {limit}");
+    admin.producer_ids.set((start + 1, start + PRODUCER_ID_BLOCK));
     Ok(start)
 }
 
 /// A refused change to one topic.
 pub(crate) fn refused(name: String, id: [u8; 16], partitions: i32, (code, msg): topic_limits::Refusal) -> TopicOutcome {
     TopicOutcome { name, id, error: Some((code, msg)), partitions }
-}
-
-/// The first open failure of each of `topics` (changed by this request) among `failures`.
-pub(crate) fn open_failures_of(failures: &[OpenFailure], topics: &[String]) -> Vec<(String, OpenFailure)> {
-    let mut out: Vec<(String, OpenFailure)> = Vec::new();
-    for f in failures.iter().filter(|f| topics.contains(&f.topic)) {
-        if !out.iter().any(|(t, _)| t == &f.topic) {
-            out.push((f.topic.clone(), f.clone()));
-        }
-    }
-    out
 }
 
 /// Marks the outcome of each topic in `broken` with the partition that did not open; `undo` is

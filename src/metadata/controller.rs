@@ -1,5 +1,6 @@
 //! Cluster mode on core 0 of every broker: keeps the cores' catalog in step with the Raft-replicated
-//! cluster metadata, registers this broker, turns Kafka admin requests into Raft commands, and —
+//! cluster metadata, registers this broker, writes topic administration's changes as Raft
+//! commands (`write`, for `store::RaftStore`), and —
 //! on the broker that leads the Raft group, the controller — elects partition leaders when brokers
 //! die and drops dead brokers from ISRs.
 //!
@@ -7,7 +8,6 @@
 //! 100 ms); a broker whose last answer is older than `broker_session_timeout_ms` is dead. Leaders
 //! are elected from the ISR only (no unclean election), so no acknowledged record is lost.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,17 +15,15 @@ use std::time::{Duration, Instant};
 use kafka_protocol::error::ResponseError;
 use tracing::{info, warn};
 
-use super::admin::{refused, report_open_failures, AdminState, NewTopic, TopicConfigChange, TopicOutcome};
 use crate::cluster::{BrokerEndpoints, BrokerId, ClusterCommand, ControlPlane, ControlPlaneError, Rejection};
-use crate::config::TopicSettings;
 use crate::core::Shard;
 use crate::groups::offsets_log::OFFSETS_TOPIC;
-use crate::partition::PartitionError;
-use crate::topic_limits::{self, PartitionBudget};
 use crate::topics::{self, ClusterView, TopicTable};
 
 /// How long a proposal may take (leader elections included) before the request fails.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Proposals of a producer-id block that may lose a race with another broker's.
+const PRODUCER_ID_RESERVE_ATTEMPTS: usize = 16;
 /// How often the controller looks at broker liveness.
 const CONTROLLER_TICK: Duration = Duration::from_millis(100);
 /// How often a leader looks for ISR changes to propose.
@@ -303,7 +301,11 @@ pub fn assign(brokers: &[BrokerId], partitions: usize, rf: usize, start: usize) 
 }
 
 /// Proposes `cmd` and waits until this broker applied it and every core adopted it.
-async fn write(shard: &Rc<Shard>, cp: &ControlPlane, cmd: ClusterCommand) -> Result<(), (ResponseError, String)> {
+pub(super) async fn write(
+    shard: &Rc<Shard>,
+    cp: &ControlPlane,
+    cmd: ClusterCommand,
+) -> Result<(), (ResponseError, String)> {
     let outcome = match cp.propose(cmd, PROPOSE_TIMEOUT).await {
         Ok(Ok(o)) => o,
         Ok(Err(e)) => return Err(control_error(&e)),
@@ -332,288 +334,23 @@ fn rejection_error(r: &Rejection) -> (ResponseError, String) {
     (code, r.to_string())
 }
 
-fn outcome(name: String, id: [u8; 16], partitions: i32, error: Option<(ResponseError, String)>) -> TopicOutcome {
-    TopicOutcome { name, id, error, partitions }
-}
-
-/// Partition replicas each broker hosts in `state`.
-fn hosted_per_broker(state: &crate::cluster::ClusterState) -> BTreeMap<BrokerId, u64> {
-    let mut hosted: BTreeMap<BrokerId, u64> = state.brokers.keys().map(|b| (*b, 0)).collect();
-    for t in state.topics.values() {
-        for p in &t.partitions {
-            for b in &p.replicas {
-                *hosted.entry(*b).or_default() += 1;
-            }
-        }
-    }
-    hosted
-}
-
-/// Admits the new replicas of `assignment` on every broker they land on (the shared limits of
-/// `topic_limits`; the descriptors open now are known for this broker only).
-fn admit_assignment(
-    shard: &Shard,
-    budget: &mut PartitionBudget,
-    state: &crate::cluster::ClusterState,
-    assignment: &[Vec<BrokerId>],
-) -> Result<(), topic_limits::Refusal> {
-    let hosted = hosted_per_broker(state);
-    let mut new: BTreeMap<BrokerId, u64> = BTreeMap::new();
-    for b in assignment.iter().flatten() {
-        *new.entry(*b).or_default() += 1;
-    }
-    for (b, n) in new {
-        let now = hosted.get(&b).copied().unwrap_or(0);
-        budget.admit(b, now, n, b == shard.config.node_id)?;
-    }
-    Ok(())
-}
-
-/// The error for a topic this broker could not open after it was written (its partitions here
-/// stay closed), if any; the partitions were reported by the last catalog publish on this core.
-fn local_open_failure(shard: &Shard, topic: &str) -> Option<crate::core::OpenFailure> {
-    shard.last_open_failures.borrow().iter().find(|f| f.topic == topic).cloned()
-}
-
-/// CreateTopics in a cluster: validated like a single node's (`topic_limits`), replicas assigned
-/// over the registered brokers, one Raft command per topic.
-pub async fn create_topics(
-    shard: &Rc<Shard>,
-    cp: &ControlPlane,
-    new: Vec<NewTopic>,
-    validate_only: bool,
-) -> Vec<TopicOutcome> {
-    let admin = AdminState::of(shard);
-    let _permit = admin.lock.acquire_permit(1).await;
-    let mut budget = PartitionBudget::of_this_broker(&shard.config, shard.cores);
-    let requested = topic_limits::requested_partitions(&shard.config, new.iter().map(|t| t.partitions));
-    if let Err(refusal) = budget.check_request(requested) {
-        return new.into_iter().map(|t| refused(t.name, [0; 16], t.partitions, refusal.clone())).collect();
-    }
-    let mut out = Vec::new();
-    for t in new {
-        let state = cp.state();
-        let exists = state.topics.contains_key(&t.name);
-        let partitions =
-            match topic_limits::validate_new_topic(&shard.config, &t.name, t.partitions, &t.configs, exists) {
-                Ok(n) => n,
-                Err(refusal) => {
-                    out.push(refused(t.name, [0; 16], t.partitions, refusal));
-                    continue;
-                }
-            };
-        let brokers: Vec<BrokerId> = state.brokers.keys().copied().collect();
-        let rf = if t.replication_factor == -1 {
-            usize::from(shard.config.replication.default_replication_factor)
-        } else {
-            usize::try_from(t.replication_factor).unwrap_or(0)
-        };
-        if rf < 1 || rf > brokers.len() {
-            let msg = format!("Replication factor: {rf} larger than available brokers: {}.", brokers.len());
-            out.push(refused(t.name, [0; 16], t.partitions, (ResponseError::InvalidReplicationFactor, msg)));
-            continue;
-        }
-        let start = state.topics.values().map(|t| t.partitions.len()).sum::<usize>();
-        let assignment = assign(&brokers, partitions as usize, rf, start);
-        if let Err(refusal) = admit_assignment(shard, &mut budget, &state, &assignment) {
-            out.push(refused(t.name, [0; 16], t.partitions, refusal));
-            continue;
-        }
-        let id = *uuid::Uuid::new_v4().as_bytes();
-        if validate_only {
-            out.push(outcome(t.name, id, partitions, None));
-            continue;
-        }
-        let cmd = ClusterCommand::CreateTopic {
-            name: t.name.clone(),
-            topic_id: id,
-            configs: t.configs.iter().cloned().collect::<BTreeMap<_, _>>(),
-            assignment,
-        };
-        let mut o = outcome(t.name.clone(), id, partitions, write(shard, cp, cmd).await.err());
-        if o.error.is_none() {
-            if let Some(f) = local_open_failure(shard, &t.name) {
-                // No half-created topic: take it out of the cluster again.
-                let undo = write(shard, cp, ClusterCommand::DeleteTopic { name: t.name.clone() })
-                    .await
-                    .err()
-                    .map(|(_, msg)| PartitionError::new(ResponseError::UnknownServerError, msg));
-                report_open_failures(
-                    std::slice::from_mut(&mut o),
-                    &[(t.name.clone(), f)],
-                    undo,
-                    "the topic was deleted again",
-                );
-            }
-        }
-        out.push(o);
-    }
-    out
-}
-
-pub async fn delete_topics(shard: &Rc<Shard>, cp: &ControlPlane, names: Vec<String>) -> Vec<TopicOutcome> {
-    let admin = AdminState::of(shard);
-    let _permit = admin.lock.acquire_permit(1).await;
-    let mut out = Vec::new();
-    for name in names {
-        let existing = cp.state().topics.get(&name).map(|t| (t.id, t.partitions.len() as i32));
-        let (id, partitions) = existing.unwrap_or(([0; 16], 0));
-        if existing.is_some() {
-            if let Err(refusal) = topic_limits::refuse_protected_change(&shard.config, &name, "deleted") {
-                out.push(refused(name, id, partitions, refusal));
-                continue;
-            }
-        }
-        let error = write(shard, cp, ClusterCommand::DeleteTopic { name: name.clone() }).await.err();
-        let error = error.map(|(code, msg)| match code {
-            ResponseError::UnknownTopicOrPartition => (code, format!("Topic {name} does not exist")),
-            _ => (code, msg),
-        });
-        out.push(outcome(name, id, partitions, error));
-    }
-    out
-}
-
-pub async fn create_partitions(
-    shard: &Rc<Shard>,
-    cp: &ControlPlane,
-    wanted: Vec<(String, i32)>,
-    validate_only: bool,
-) -> Vec<TopicOutcome> {
-    let admin = AdminState::of(shard);
-    let _permit = admin.lock.acquire_permit(1).await;
-    let mut budget = PartitionBudget::of_this_broker(&shard.config, shard.cores);
-    let state = cp.state();
-    let requested = topic_limits::added_partitions(
-        wanted.iter().map(|(name, count)| (state.topics.get(name).map(|t| t.partitions.len() as i32), *count)),
-    );
-    if let Err(refusal) = budget.check_request(requested) {
-        return wanted
-            .into_iter()
-            .map(|(name, count)| {
-                let id = state.topics.get(&name).map_or([0; 16], |t| t.id);
-                refused(name, id, count, refusal.clone())
-            })
-            .collect();
-    }
-    let mut out = Vec::new();
-    for (name, count) in wanted {
-        let state = cp.state();
-        let Some(t) = state.topics.get(&name) else {
-            let e = (ResponseError::UnknownTopicOrPartition, format!("Topic {name} does not exist"));
-            out.push(outcome(name, [0; 16], count, Some(e)));
-            continue;
-        };
-        let current = t.partitions.len() as i32;
-        let checked = topic_limits::refuse_protected_change(&shard.config, &name, "given more partitions")
-            .and_then(|()| topic_limits::validate_partition_increase(current, count));
-        let added = match checked {
-            Ok(added) => added,
-            Err(refusal) => {
-                out.push(refused(name, t.id, count, refusal));
-                continue;
-            }
-        };
-        let rf = t.partitions.first().map_or(1, |p| p.replicas.len());
-        let brokers: Vec<BrokerId> = state.brokers.keys().copied().collect();
-        if rf > brokers.len() {
-            let e = (ResponseError::InvalidReplicationFactor, format!("{rf} replicas, {} brokers", brokers.len()));
-            out.push(outcome(name, t.id, count, Some(e)));
-            continue;
-        }
-        let id = t.id;
-        let start = state.topics.values().map(|t| t.partitions.len()).sum::<usize>();
-        let assignment = assign(&brokers, added as usize, rf, start);
-        if let Err(refusal) = admit_assignment(shard, &mut budget, &state, &assignment) {
-            out.push(refused(name, id, count, refusal));
-            continue;
-        }
-        if validate_only {
-            out.push(outcome(name, id, count, None));
-            continue;
-        }
-        let mut o = outcome(name.clone(), id, count, None);
-        o.error = write(shard, cp, ClusterCommand::AddPartitions { name: name.clone(), assignment }).await.err();
-        if o.error.is_none() {
-            if let Some(f) = local_open_failure(shard, &name) {
-                // Partitions cannot be removed from a topic: report which one stays closed here.
-                report_open_failures(
-                    std::slice::from_mut(&mut o),
-                    &[(name.clone(), f)],
-                    None,
-                    "it stays closed on this broker",
-                );
-            }
-        }
-        out.push(o);
-    }
-    out
-}
-
-pub async fn alter_topic_configs(
-    shard: &Rc<Shard>,
-    cp: &ControlPlane,
-    changes: Vec<TopicConfigChange>,
-    validate_only: bool,
-) -> Vec<TopicOutcome> {
-    let admin = AdminState::of(shard);
-    let _permit = admin.lock.acquire_permit(1).await;
-    let mut out = Vec::new();
-    for c in changes {
-        let state = cp.state();
-        let Some(t) = state.topics.get(&c.topic) else {
-            let e = (ResponseError::UnknownTopicOrPartition, format!("Topic {} does not exist", c.topic));
-            out.push(outcome(c.topic, [0; 16], 0, Some(e)));
-            continue;
-        };
-        let (id, partitions) = (t.id, t.partitions.len() as i32);
-        if let Err(refusal) = topic_limits::refuse_protected_change(&shard.config, &c.topic, "reconfigured") {
-            out.push(refused(c.topic, id, partitions, refusal));
-            continue;
-        }
-        let mut configs = if c.replace { BTreeMap::new() } else { t.configs.clone() };
-        configs.retain(|k, _| !c.delete.contains(k));
-        configs.extend(c.set.iter().cloned());
-        let listed: Vec<(String, String)> = configs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        if let Err(msg) = TopicSettings::resolve(&shard.config, &listed) {
-            out.push(outcome(c.topic, id, partitions, Some((ResponseError::InvalidConfig, msg))));
-            continue;
-        }
-        let error = if validate_only || configs == t.configs {
-            None
-        } else {
-            write(shard, cp, ClusterCommand::SetTopicConfigs { name: c.topic.clone(), configs }).await.err()
-        };
-        out.push(outcome(c.topic, id, partitions, error));
-    }
-    out
-}
-
-/// A producer id never handed out before in the cluster: blocks are reserved through Raft.
-pub async fn allocate_producer_id(shard: &Rc<Shard>, cp: &ControlPlane) -> Result<i64, PartitionError> {
-    let admin = AdminState::of(shard);
-    let _permit = admin.lock.acquire_permit(1).await;
-    let (next, limit) = admin.producer_ids.get();
-    if next < limit {
-        admin.producer_ids.set((next + 1, limit));
-        return Ok(next);
-    }
-    // Another broker may reserve the same start concurrently: the loser retries from the new next.
-    for _ in 0..16 {
+/// Reserves `count` producer ids never reserved before in the cluster; returns the first.
+/// Another broker may reserve the same start concurrently: the loser retries from the new next.
+pub(super) async fn reserve_producer_ids(cp: &ControlPlane, count: i64) -> Result<i64, (ResponseError, String)> {
+    for _ in 0..PRODUCER_ID_RESERVE_ATTEMPTS {
         let start = cp.state().next_producer_id;
-        let cmd = ClusterCommand::ReserveProducerIds { start, count: crate::producer_state::PRODUCER_ID_BLOCK };
+        let cmd = ClusterCommand::ReserveProducerIds { start, count };
         let o = match cp.propose(cmd, PROPOSE_TIMEOUT).await {
             Ok(Ok(o)) => o,
-            Ok(Err(e)) => return Err(PartitionError::new(ResponseError::RequestTimedOut, e.to_string())),
-            Err(_) => return Err(PartitionError::new(ResponseError::UnknownServerError, "control plane stopped")),
+            Ok(Err(e)) => return Err((ResponseError::RequestTimedOut, e.to_string())),
+            Err(_) => return Err((ResponseError::UnknownServerError, "control plane stopped".into())),
         };
         let _ = cp.wait_applied(o.log_index, PROPOSE_TIMEOUT).await;
         if o.result.is_ok() {
-            admin.producer_ids.set((start + 1, start + crate::producer_state::PRODUCER_ID_BLOCK));
             return Ok(start);
         }
     }
-    Err(PartitionError::new(ResponseError::RequestTimedOut, "could not reserve producer ids"))
+    Err((ResponseError::RequestTimedOut, "could not reserve producer ids".into()))
 }
 
 #[cfg(test)]
