@@ -1,6 +1,6 @@
 //! Keeps docs/architecture.md true: the crates stay apart (the storage engine knows no Kafka, the
-//! load generator imports nothing of the broker), leaf modules import nothing of the broker, and the
-//! modules of `src/` form no import cycle except through the upward edges listed in
+//! load generator and the client import nothing of the broker), leaf modules import nothing of the
+//! broker, and the modules of `src/` form no import cycle except through the upward edges listed in
 //! `KNOWN_UPWARD_EDGES`, which issue 14 removes one by one. The list is a ratchet both ways: a new
 //! cycle fails, and so does a listed edge that no longer exists (delete it from the list).
 
@@ -181,6 +181,26 @@ fn the_engine_knows_no_kafka_and_the_load_generator_no_broker() {
     for file in rust_files(&root().join("loadgen/src")) {
         let text = fs::read_to_string(&file).expect("read");
         assert!(!text.contains("sluice::"), "{} imports the broker", file.display());
+    }
+}
+
+#[test]
+fn the_client_crate_imports_nothing_of_the_broker() {
+    let manifest = fs::read_to_string(root().join("client/Cargo.toml")).expect("client manifest");
+    assert!(
+        !manifest.lines().any(|l| {
+            let l = l.trim_start();
+            l.starts_with("sluice ") || l.starts_with("sluice=") || l.starts_with("sluice-io")
+        }),
+        "client/ depends on the broker crate or the engine"
+    );
+    for file in rust_files(&root().join("client/src")) {
+        let text = fs::read_to_string(&file).expect("read");
+        assert!(
+            !text.contains("sluice::") && !text.contains("sluice_io"),
+            "{} imports the broker or the engine",
+            file.display()
+        );
     }
 }
 
