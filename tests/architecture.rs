@@ -1,6 +1,6 @@
 //! Keeps docs/architecture.md true: the crates stay apart (the storage engine knows no Kafka, the
-//! load generator and the client import nothing of the broker), leaf modules import nothing of the
-//! broker, and the modules of `src/` form no import cycle except through the upward edges listed in
+//! load generator imports nothing of the broker), leaf modules import nothing of the broker, and the
+//! modules of `src/` form no import cycle except through the upward edges listed in
 //! `KNOWN_UPWARD_EDGES`, which issue 14 removes one by one. The list is a ratchet both ways: a new
 //! cycle fails, and so does a listed edge that no longer exists (delete it from the list).
 
