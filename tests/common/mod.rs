@@ -355,15 +355,15 @@ pub fn unhex(text: &str) -> Vec<u8> {
 pub mod wire {
     use super::*;
     use bytes::Bytes;
-    use kafka_protocol::messages::ApiVersionsRequest;
+    use kafka_protocol::messages::{ApiKey, ApiVersionsRequest};
     use kafka_protocol::protocol::Request;
     use sluice_client::{frame, ClientError, ConnectOptions, Connection};
 
-    pub const API_KEY_PRODUCE: i16 = 0;
-    pub const API_KEY_FETCH: i16 = 1;
-    pub const API_KEY_METADATA: i16 = 3;
-    pub const API_KEY_API_VERSIONS: i16 = 18;
-    pub const ERROR_UNSUPPORTED_VERSION: i16 = 35;
+    pub const API_KEY_PRODUCE: i16 = ApiKey::Produce as i16;
+    pub const API_KEY_FETCH: i16 = ApiKey::Fetch as i16;
+    pub const API_KEY_METADATA: i16 = ApiKey::Metadata as i16;
+    pub const API_KEY_API_VERSIONS: i16 = ApiKey::ApiVersions as i16;
+    pub const ERROR_UNSUPPORTED_VERSION: i16 = sluice_client::error_code::UNSUPPORTED_VERSION;
     /// Largest response frame these helpers accept: guards against reading garbage as a length.
     pub const MAX_RESPONSE_FRAME_BYTES: usize = 16 * 1024 * 1024;
     /// Most bytes `wait_for_close` discards before it gives up on the peer closing.
@@ -372,6 +372,7 @@ pub mod wire {
     const PEER: &str = "the broker";
 
     /// A size-prefixed request with a hand-made header (sluice-client's raw mode).
+    #[allow(unused_imports)] // not every test binary sends hand-made frames
     pub use sluice_client::frame::raw_request as request_frame;
 
     /// Reads one size-prefixed frame and returns it without the size.
