@@ -4,7 +4,7 @@
 //! kafka-protocol (4 connections, 8 requests in flight each) running on the same 2-vCPU machine, so
 //! it competes with the broker for CPU: read the figures as this machine's, not the broker's ceiling.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -14,8 +14,8 @@ use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, ProduceRequest, RequestHeader, ResponseHeader, TopicName};
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProduceRequest, ResponseHeader, TopicName};
+use kafka_protocol::protocol::{Decodable, HeaderVersion, Request, StrBytes};
 use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 use sluice::admin_client::AdminClient;
 
@@ -64,27 +64,12 @@ impl Drop for Broker {
     }
 }
 
-fn frame<R: Request + Encodable>(req: &R, version: i16) -> Bytes {
-    let header = RequestHeader::default()
-        .with_request_api_key(R::KEY)
-        .with_request_api_version(version)
-        .with_correlation_id(1)
-        .with_client_id(Some(StrBytes::from_static_str("bench")));
-    let mut body = BytesMut::new();
-    body.extend_from_slice(&[0; 4]);
-    header.encode(&mut body, R::header_version(version)).expect("header");
-    req.encode(&mut body, version).expect("body");
-    let len = (body.len() - 4) as i32;
-    body[..4].copy_from_slice(&len.to_be_bytes());
-    body.freeze()
+fn frame<R: Request>(req: &R, version: i16) -> Bytes {
+    sluice_client::frame::encode_request(req, version, 1, "bench").expect("request frame")
 }
 
 fn read_response(s: &mut TcpStream) -> Bytes {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).expect("response size");
-    let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
-    s.read_exact(&mut buf).expect("response");
-    Bytes::from(buf)
+    sluice_client::frame::read_frame(s, sluice_client::frame::MAX_FRAME_BYTES, "the broker").expect("response")
 }
 
 fn batch() -> Bytes {

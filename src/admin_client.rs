@@ -1,79 +1,37 @@
-//! A small blocking Kafka admin client for `sluice topic ...`: it speaks the same protocol as any
-//! other client (kafka-protocol encode/decode over a TCP socket), so it works against any broker.
+//! The `sluice topic ...` commands' admin calls, over `sluice-client` (the workspace's one Kafka
+//! client): the same protocol as any other client, so they work against any broker.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{
-    CreateTopicsRequest, DeleteTopicsRequest, MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader,
-    TopicName,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::messages::MetadataResponse;
+use sluice_client::requests::{self, NewTopic};
+use sluice_client::{ConnectOptions, Connection};
 
-/// Largest response this client reads.
-const MAX_RESPONSE_BYTES: usize = 64 << 20;
+/// Connect, read and write limit of one admin call.
+const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// `timeout_ms` of CreateTopics and DeleteTopics.
+const ADMIN_TIMEOUT_MS: i32 = 30_000;
+/// The versions these commands send (tested against Sluice; every Kafka since 2.4 speaks them).
+const CREATE_TOPICS_VERSION: i16 = 5;
+const DELETE_TOPICS_VERSION: i16 = 4;
+const METADATA_VERSION: i16 = 12;
 
 pub struct AdminClient {
-    stream: TcpStream,
-    correlation: i32,
+    conn: Connection,
 }
 
 impl AdminClient {
     pub fn connect(bootstrap: &str) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(bootstrap).map_err(|e| anyhow::anyhow!("connecting to {bootstrap}: {e}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(AdminClient { stream, correlation: 0 })
-    }
-
-    fn call<R: Request>(&mut self, req: &R, version: i16) -> anyhow::Result<R::Response>
-    where
-        R::Response: Decodable + HeaderVersion,
-    {
-        self.correlation += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(R::KEY)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation)
-            .with_client_id(Some(StrBytes::from_static_str("sluice-admin")));
-        let mut body = BytesMut::new();
-        header.encode(&mut body, R::header_version(version))?;
-        req.encode(&mut body, version)?;
-        self.stream.write_all(&(body.len() as i32).to_be_bytes())?;
-        self.stream.write_all(&body)?;
-        let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len)?;
-        let len = i32::from_be_bytes(len);
-        anyhow::ensure!(len > 0 && (len as usize) <= MAX_RESPONSE_BYTES, "bad response size {len}");
-        let mut buf = vec![0u8; len as usize];
-        self.stream.read_exact(&mut buf)?;
-        let mut buf = bytes::Bytes::from(buf);
-        let rh = ResponseHeader::decode(&mut buf, R::Response::header_version(version))?;
-        anyhow::ensure!(rh.correlation_id == self.correlation, "correlation id mismatch");
-        let resp = R::Response::decode(&mut buf, version)?;
-        anyhow::ensure!(!buf.has_remaining(), "trailing bytes in response");
-        Ok(resp)
+        let options = ConnectOptions::new("sluice-admin").io_timeout(ADMIN_IO_TIMEOUT).fixed_versions();
+        let conn = Connection::connect(bootstrap, &options)?;
+        Ok(AdminClient { conn })
     }
 
     pub fn create_topic(&mut self, name: &str, partitions: i32, configs: &[(String, String)]) -> anyhow::Result<()> {
-        let topic = CreatableTopic::default()
-            .with_name(TopicName(StrBytes::from_string(name.into())))
-            .with_num_partitions(partitions)
-            .with_replication_factor(-1)
-            .with_configs(
-                configs
-                    .iter()
-                    .map(|(k, v)| {
-                        CreatableTopicConfig::default()
-                            .with_name(StrBytes::from_string(k.clone()))
-                            .with_value(Some(StrBytes::from_string(v.clone())))
-                    })
-                    .collect(),
-            );
-        let resp = self.call(&CreateTopicsRequest::default().with_topics(vec![topic]).with_timeout_ms(30_000), 5)?;
+        let configs: Vec<(&str, &str)> = configs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let topic = NewTopic { name, partitions, replication_factor: -1, configs: &configs };
+        let request = requests::create_topics(&[topic], ADMIN_TIMEOUT_MS);
+        let resp = self.conn.call_at(&request, CREATE_TOPICS_VERSION)?;
         for t in resp.topics {
             if t.error_code != 0 {
                 anyhow::bail!("{}: error {} {}", t.name.0, t.error_code, t.error_message.as_deref().unwrap_or(""));
@@ -83,10 +41,7 @@ impl AdminClient {
     }
 
     pub fn delete_topic(&mut self, name: &str) -> anyhow::Result<()> {
-        let req = DeleteTopicsRequest::default()
-            .with_topic_names(vec![TopicName(StrBytes::from_string(name.into()))])
-            .with_timeout_ms(30_000);
-        let resp = self.call(&req, 4)?;
+        let resp = self.conn.call_at(&requests::delete_topics(&[name], ADMIN_TIMEOUT_MS), DELETE_TOPICS_VERSION)?;
         for t in resp.responses {
             if t.error_code != 0 {
                 anyhow::bail!("{name}: error {} {}", t.error_code, t.error_message.as_deref().unwrap_or(""));
@@ -97,11 +52,7 @@ impl AdminClient {
 
     /// Metadata of `topics` (all when `None`), without auto-creation.
     pub fn metadata(&mut self, topics: Option<&[String]>) -> anyhow::Result<MetadataResponse> {
-        let req = MetadataRequest::default().with_allow_auto_topic_creation(false).with_topics(topics.map(|ts| {
-            ts.iter()
-                .map(|t| MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(t.clone())))))
-                .collect()
-        }));
-        self.call(&req, 12)
+        let names: Option<Vec<&str>> = topics.map(|ts| ts.iter().map(String::as_str).collect());
+        Ok(self.conn.call_at(&requests::metadata(names.as_deref(), METADATA_VERSION), METADATA_VERSION)?)
     }
 }

@@ -8,10 +8,9 @@
 //! broker restarted by hand from its `cmdline` file is the restarter's to stop. It touches nothing
 //! outside `DIR` and never talks to a broker beyond the readiness probe.
 
-use bytes::Buf;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -23,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use clap::Args;
+use sluice_client::{requests, ConnectOptions, Connection};
 use tracing::{info, warn};
 
 /// Most brokers one dev-cluster starts (ports above the Kafka ones are spaced by 100).
@@ -43,7 +43,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const LOG_TAIL_LINES: usize = 20;
 /// Bytes read from the end of a broker's log to find those lines.
 const LOG_TAIL_BYTES: u64 = 64 << 10;
-/// Largest ApiVersions response the probe reads (the real one is under 1 KiB).
+/// Largest response the probe reads (the real ApiVersions and Metadata answers are under 1 KiB).
 const MAX_PROBE_RESPONSE_BYTES: usize = 64 << 10;
 /// The host every listener binds.
 const HOST: &str = "127.0.0.1";
@@ -274,7 +274,7 @@ fn wait_ready(nodes: &mut [Node], stop: &AtomicBool) -> anyhow::Result<bool> {
                 bail!("node {} exited before it was ready (see {})", node.id, node.dir.join("broker.log").display());
             }
             let expected = nodes_len;
-            match api_versions_round_trip(node.kafka).and_then(|()| metadata_round_trip(node.kafka)) {
+            match probe(node.kafka) {
                 Ok((brokers, controller)) if brokers == expected && controller >= 0 => ready[i] = true,
                 Ok((brokers, controller)) => {
                     last_error[i] = format!("Metadata lists {brokers} of {expected} brokers, controller {controller}")
@@ -360,68 +360,16 @@ fn log_tail(path: &Path) -> String {
     }
 }
 
-/// One ApiVersions v0 request and its answer with error code 0 and the right correlation id.
-fn api_versions_round_trip(addr: SocketAddr) -> Result<(), String> {
-    const API_KEY_API_VERSIONS: i16 = 18;
-    const CORRELATION_ID: i32 = 0x5_1ce;
-    const CLIENT_ID: &[u8] = b"sluice-dev-cluster";
-    // Request header v1 (api key, version 0, correlation id, client id), no body.
-    let mut body = Vec::with_capacity(32);
-    body.extend_from_slice(&API_KEY_API_VERSIONS.to_be_bytes());
-    body.extend_from_slice(&0i16.to_be_bytes());
-    body.extend_from_slice(&CORRELATION_ID.to_be_bytes());
-    body.extend_from_slice(&(CLIENT_ID.len() as i16).to_be_bytes());
-    body.extend_from_slice(CLIENT_ID);
-    let response = probe_exchange(addr, &body, 6)?;
-    let correlation = i32::from_be_bytes([response[0], response[1], response[2], response[3]]);
-    let error_code = i16::from_be_bytes([response[4], response[5]]);
-    match (correlation, error_code) {
-        (CORRELATION_ID, 0) => Ok(()),
-        (CORRELATION_ID, code) => Err(format!("ApiVersions error code {code}")),
-        (other, _) => Err(format!("correlation id {other}, expected {CORRELATION_ID}")),
-    }
-}
-
-/// Sends one size-prefixed request `body` on a fresh connection and reads the whole answer (its size
-/// at least `min_size`, at most `MAX_PROBE_RESPONSE_BYTES`), each step within `PROBE_TIMEOUT`.
-fn probe_exchange(addr: SocketAddr, body: &[u8], min_size: usize) -> Result<Vec<u8>, String> {
-    let mut stream = TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
-    stream.set_read_timeout(Some(PROBE_TIMEOUT)).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(PROBE_TIMEOUT)).map_err(|e| e.to_string())?;
-    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(body);
-    stream.write_all(&frame).map_err(|e| format!("send: {e}"))?;
-    let mut size = [0u8; 4];
-    stream.read_exact(&mut size).map_err(|e| format!("read: {e}"))?;
-    let size = u32::from_be_bytes(size) as usize;
-    if !(min_size..=MAX_PROBE_RESPONSE_BYTES).contains(&size) {
-        return Err(format!("response frame of {size} bytes"));
-    }
-    let mut response = vec![0u8; size];
-    stream.read_exact(&mut response).map_err(|e| format!("read: {e}"))?;
-    Ok(response)
-}
-
-/// One Metadata v1 request (no topics): the number of brokers listed and the controller id.
-fn metadata_round_trip(addr: SocketAddr) -> Result<(usize, i32), String> {
-    use kafka_protocol::messages::{MetadataRequest, MetadataResponse, RequestHeader};
-    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-    const API_KEY_METADATA: i16 = 3;
-    const CORRELATION_ID: i32 = 0x5_1cf;
-    let header = RequestHeader::default()
-        .with_request_api_key(API_KEY_METADATA)
-        .with_request_api_version(1)
-        .with_correlation_id(CORRELATION_ID)
-        .with_client_id(Some(StrBytes::from_static_str("sluice-dev-cluster")));
-    let mut body = bytes::BytesMut::new();
-    header.encode(&mut body, 1).map_err(|e| e.to_string())?;
-    MetadataRequest::default().with_topics(Some(Vec::new())).encode(&mut body, 1).map_err(|e| e.to_string())?;
-    let mut buf = bytes::Bytes::from(probe_exchange(addr, &body, 4)?);
-    let correlation = buf.get_i32();
-    if correlation != CORRELATION_ID {
-        return Err(format!("correlation id {correlation}, expected {CORRELATION_ID}"));
-    }
-    let m = MetadataResponse::decode(&mut buf, 1).map_err(|e| format!("Metadata response: {e}"))?;
+/// The readiness probe, on a fresh connection with `PROBE_TIMEOUT` for each step: ApiVersions v0 must
+/// answer error code 0, then Metadata v1 (no topics) gives the number of brokers listed and the
+/// controller id.
+fn probe(addr: SocketAddr) -> Result<(usize, i32), String> {
+    const METADATA_VERSION: i16 = 1;
+    let options =
+        ConnectOptions::new("sluice-dev-cluster").io_timeout(PROBE_TIMEOUT).max_frame_bytes(MAX_PROBE_RESPONSE_BYTES);
+    let mut conn = Connection::connect_addr(addr, &options).map_err(|e| e.to_string())?;
+    let m =
+        conn.call_at(&requests::metadata(Some(&[]), METADATA_VERSION), METADATA_VERSION).map_err(|e| e.to_string())?;
     Ok((m.brokers.len(), m.controller_id.0))
 }
 

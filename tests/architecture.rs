@@ -215,6 +215,26 @@ fn the_engine_knows_no_kafka_and_the_load_generator_no_broker() {
 }
 
 #[test]
+fn the_client_crate_imports_nothing_of_the_broker() {
+    let manifest = fs::read_to_string(root().join("client/Cargo.toml")).expect("client manifest");
+    assert!(
+        !manifest.lines().any(|l| {
+            let l = l.trim_start();
+            l.starts_with("sluice ") || l.starts_with("sluice=") || l.starts_with("sluice-io")
+        }),
+        "client/ depends on the broker crate or the engine"
+    );
+    for file in rust_files(&root().join("client/src")) {
+        let text = fs::read_to_string(&file).expect("read");
+        assert!(
+            !text.contains("sluice::") && !text.contains("sluice_io"),
+            "{} imports the broker or the engine",
+            file.display()
+        );
+    }
+}
+
+#[test]
 fn the_kafka_front_end_names_no_engine_type() {
     for file in rust_files(&root().join("src/kafka")) {
         let text = fs::read_to_string(&file).expect("read");

@@ -6,47 +6,21 @@
 mod common;
 
 use std::fs;
-use std::io::{self, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use common::cluster::{process_exists, temp_dir, DevCluster, BROKERS, CLUSTER_EXIT_TIMEOUT, NODE_TIMEOUT};
+use common::cluster::{self, process_exists, temp_dir, DevCluster, BROKERS, CLUSTER_EXIT_TIMEOUT, NODE_TIMEOUT};
 use common::{run_kcat, run_with_timeout, unique_topic, wire, CLIENT_PROCESS_TIMEOUT};
+use sluice_client::requests;
 
 /// Metadata v1 (all topics) from one broker: its brokers `(id, host, port)` and controller id.
 fn metadata_brokers(addr: SocketAddr) -> (Vec<(i32, String, i32)>, i32) {
-    let mut stream = wire::connect(addr, NODE_TIMEOUT).expect("connect for Metadata");
-    let body = (-1i32).to_be_bytes(); // null topic array: all topics
-    let frame = wire::request_frame(wire::API_KEY_METADATA, 1, 7, "dev-cluster-test", false, &body);
-    io::Write::write_all(&mut stream, &frame).expect("send Metadata v1");
-    let response = wire::read_frame(&mut stream).expect("read Metadata v1 response");
-    let mut r = &response[..];
-    let mut take = |n: usize| -> Vec<u8> {
-        assert!(r.len() >= n, "Metadata v1 response cut short");
-        let (head, rest) = r.split_at(n);
-        r = rest;
-        head.to_vec()
-    };
-    let i32_of = |b: Vec<u8>| i32::from_be_bytes(b.try_into().expect("4 bytes"));
-    let i16_of = |b: Vec<u8>| i16::from_be_bytes(b.try_into().expect("2 bytes"));
-    assert_eq!(i32_of(take(4)), 7, "correlation id");
-    let count = i32_of(take(4));
-    let mut brokers = Vec::new();
-    for _ in 0..count {
-        let id = i32_of(take(4));
-        let len = i16_of(take(2));
-        let host = String::from_utf8(take(usize::try_from(len).expect("host length"))).expect("host is UTF-8");
-        let port = i32_of(take(4));
-        let rack = i16_of(take(2));
-        if rack > 0 {
-            take(rack as usize);
-        }
-        brokers.push((id, host, port));
-    }
-    let controller = i32_of(take(4));
-    (brokers, controller)
+    let response = cluster::call(addr, &requests::metadata(None, 1), 1).expect("Metadata v1");
+    let brokers = response.brokers.iter().map(|b| (b.node_id.0, b.host.to_string(), b.port)).collect();
+    (brokers, response.controller_id.0)
 }
 
 /// Waits until node `id` lists exactly `expected` and names a controller among them (`controller`, if

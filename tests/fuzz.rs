@@ -34,10 +34,8 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::compression::{Compressor, Gzip, Lz4, Snappy, Zstd};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::protocol::{Decodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, TimestampType};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -48,6 +46,9 @@ use common::fuzz::{bucket, env_u64, hex, mutate, put_varint, Rng, Tally, INTERES
 use common::{unique_topic, wire, Broker};
 use sluice::record::batch::{self, BatchError, BatchInfo, CRC_START, HEADER_LEN};
 use sluice::record::{records, validate};
+use sluice_client::batch::encode_records;
+use sluice_client::requests::{self, NewTopic};
+use sluice_client::{frame, BatchBuilder, ClientError};
 
 // ---------------------------------------------------------------------------------------------------
 // Bounds. Defaults keep the whole file within about three minutes (release, two cores).
@@ -251,10 +252,7 @@ fn honest_records(rng: &mut Rng, base_ts: i64) -> Vec<Record> {
 }
 
 fn encode_batch(records: &[Record], compression: Compression) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, records, &RecordEncodeOptions { version: 2, compression })
-        .expect("encode an honest batch");
-    buf.to_vec()
+    encode_records(records, compression).expect("encode an honest batch").to_vec()
 }
 
 fn batch_pool(seed: u64, base_ts: i64) -> Vec<BatchSeed> {
@@ -910,15 +908,8 @@ const SERVED: &[(ApiKey, i16, i16)] = sluice::kafka::api_versions::SUPPORTED;
 
 /// A request frame (header and body, without the size prefix).
 fn request_bytes<R: Request>(request: &R, version: i16, correlation_id: i32) -> Option<Vec<u8>> {
-    let header = RequestHeader::default()
-        .with_request_api_key(R::KEY)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str("sluice-fuzz")));
-    let mut buf = BytesMut::new();
-    header.encode(&mut buf, R::header_version(version)).ok()?;
-    request.encode(&mut buf, version).ok()?;
-    Some(buf.to_vec())
+    let framed = frame::encode_request(request, version, correlation_id, "sluice-fuzz").ok()?;
+    Some(framed[frame::SIZE_PREFIX_BYTES..].to_vec())
 }
 
 /// The first of `candidates` that encodes at `version` (requests differ in which fields a version has).
@@ -1322,22 +1313,15 @@ fn live_other_apis() -> Vec<(ApiKey, i16, i16)> {
 }
 
 fn create_topic(addr: SocketAddr, topic: &str) {
-    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-    let config = |k: &str, v: &str| CreatableTopicConfig::default().with_name(s(k)).with_value(Some(s(v)));
-    let request = CreateTopicsRequest::default().with_timeout_ms(10_000).with_topics(vec![CreatableTopic::default()
-        .with_name(TopicName(s(topic)))
-        .with_num_partitions(1)
-        .with_replication_factor(-1)
-        // Fuzzed timestamps are anywhere in time: nothing may age out while the test reads.
-        .with_configs(vec![config("retention.ms", "-1"), config("retention.bytes", "-1")])]);
-    let created = call(addr, &request, 5).expect("CreateTopics answered");
+    // Fuzzed timestamps are anywhere in time: nothing may age out while the test reads.
+    let configs = [("retention.ms", "-1"), ("retention.bytes", "-1")];
+    let spec = NewTopic { name: topic, partitions: 1, replication_factor: -1, configs: &configs };
+    let created = call(addr, &requests::create_topics(&[spec], 10_000), 5).expect("CreateTopics answered");
     assert_eq!(created.topics[0].error_code, 0, "{:?}", created.topics[0].error_message);
 }
 
-fn size_prefixed(frame: &[u8]) -> Vec<u8> {
-    let mut out = (frame.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(frame);
-    out
+fn size_prefixed(payload: &[u8]) -> Vec<u8> {
+    frame::size_prefixed(payload).expect("a frame under 2 GiB")
 }
 
 /// One fuzzing connection to the live broker.
@@ -1384,7 +1368,9 @@ impl LiveConnection {
                     self.stream = None;
                     return (answer, "short answer frame");
                 }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(ClientError::Io { source, .. })
+                    if matches!(source.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
                     self.stream = None;
                     return (answer, "TIMEOUT");
                 }
@@ -1419,13 +1405,7 @@ fn produce_error(answer: &[u8], version: i16) -> Option<i16> {
 }
 
 fn produce_frame(topic: &str, batch: Bytes, version: i16, acks: i16, correlation_id: i32) -> Vec<u8> {
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    let request = ProduceRequest::default().with_acks(acks).with_timeout_ms(10_000).with_topic_data(vec![
-        TopicProduceData::default()
-            .with_name(TopicName(s(topic)))
-            .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(batch))]),
-    ]);
-    request_bytes(&request, version, correlation_id).expect("encode Produce")
+    request_bytes(&requests::produce(topic, 0, batch, acks, 10_000), version, correlation_id).expect("encode Produce")
 }
 
 /// One fuzzing connection's share of the inputs.
@@ -1500,11 +1480,7 @@ fn live_fuzzer(
 
 /// The partition's high watermark (ListOffsets latest).
 fn end_offset(addr: SocketAddr, topic: &str) -> i64 {
-    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-    let request =
-        ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![ListOffsetsTopic::default()
-            .with_name(TopicName(s(topic)))
-            .with_partitions(vec![ListOffsetsPartition::default().with_partition_index(0).with_timestamp(-1)])]);
+    let request = requests::list_offsets(topic, &[0], requests::LATEST_TIMESTAMP);
     let r = call(addr, &request, 1).expect("ListOffsets answered");
     let p = &r.topics[0].partitions[0];
     assert_eq!(p.error_code, 0, "ListOffsets error");
@@ -1603,14 +1579,8 @@ fn librdkafka_reasons(bootstrap: &str, topic: &str, offset: i64) -> String {
 
 /// The stored batch holding `offset`, as Fetch returns it (for a failure message).
 fn stored_batch_at(bootstrap: &str, topic: &str, offset: i64) -> Vec<u8> {
-    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     let addr: SocketAddr = bootstrap.parse().expect("bootstrap address");
-    let request = FetchRequest::default().with_replica_id(BrokerId(-1)).with_max_bytes(1 << 20).with_topics(vec![
-        FetchTopic::default().with_topic(TopicName(s(topic))).with_partitions(vec![FetchPartition::default()
-            .with_partition(0)
-            .with_fetch_offset(offset)
-            .with_partition_max_bytes(1 << 20)]),
-    ]);
+    let request = requests::fetch(topic, &[(0, offset)], 1 << 20).with_max_bytes(1 << 20);
     match call(addr, &request, 4) {
         Ok(r) => r.responses[0].partitions[0].records.clone().map(|b| b.to_vec()).unwrap_or_default(),
         Err(e) => e.into_bytes(),
@@ -1644,32 +1614,12 @@ fn live_broker() {
             while i < limit && (fuzzing.load(Ordering::Relaxed) || i < 5) {
                 let n = 1 + rng.below(5);
                 let values: Vec<Vec<u8>> = (0..n).map(|j| format!("honest-{i}-{j}").into_bytes()).collect();
-                let records: Vec<Record> = values
-                    .iter()
-                    .enumerate()
-                    .map(|(j, v)| Record {
-                        transactional: false,
-                        control: false,
-                        delete_horizon: false,
-                        partition_leader_epoch: -1,
-                        producer_id: -1,
-                        producer_epoch: -1,
-                        timestamp_type: TimestampType::Creation,
-                        offset: j as i64,
-                        sequence: j as i32 - 1,
-                        timestamp: common::now_ms(),
-                        key: Some(Bytes::from(format!("k{j}"))),
-                        value: Some(Bytes::from(v.clone())),
-                        headers: Default::default(),
-                    })
-                    .collect();
-                let batch = Bytes::from(encode_batch(&records, CODECS[i as usize % CODECS.len()]));
-                use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-                let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(10_000).with_topic_data(vec![
-                    TopicProduceData::default().with_name(TopicName(s(&topic))).with_partition_data(vec![
-                        PartitionProduceData::default().with_index(0).with_records(Some(batch)),
-                    ]),
-                ]);
+                let mut batch = BatchBuilder::new(CODECS[i as usize % CODECS.len()]);
+                for (j, v) in values.iter().enumerate() {
+                    batch.push(common::now_ms(), Some(Bytes::from(format!("k{j}"))), Some(Bytes::from(v.clone())));
+                }
+                let batch = batch.build().expect("encode an honest batch");
+                let request = requests::produce(&topic, 0, batch, -1, 10_000);
                 let r = call(addr, &request, 9).expect("honest Produce answered");
                 let p = &r.responses[0].partition_responses[0];
                 assert_eq!(p.error_code, 0, "honest produce {i} refused: {:?}", p.error_message);
@@ -1697,14 +1647,7 @@ fn live_broker() {
     broker.assert_running();
     let versions = wire::api_versions_v0_round_trip(addr, Duration::from_secs(5)).expect("ApiVersions after fuzzing");
     assert_eq!(versions.error_code, 0);
-    let metadata = call(
-        addr,
-        &MetadataRequest::default()
-            .with_topics(Some(vec![kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-                .with_name(Some(TopicName(s(&topic))))])),
-        9,
-    )
-    .expect("Metadata after fuzzing");
+    let metadata = call(addr, &requests::metadata(Some(&[&topic]), 9), 9).expect("Metadata after fuzzing");
     assert_eq!(metadata.topics[0].error_code, 0, "Metadata of the fuzzed topic");
 
     let end = end_offset(addr, &topic);

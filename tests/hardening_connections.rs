@@ -20,15 +20,11 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    BrokerId, CreateTopicsRequest, FetchRequest, ProduceRequest, ResponseHeader, TopicName,
-};
-use kafka_protocol::protocol::{Decodable, HeaderVersion, Request, StrBytes};
+use bytes::Bytes;
+use kafka_protocol::messages::FetchRequest;
+use sluice_client::requests::{self, NewTopic};
 
+use common::wire::RawClient;
 use common::{free_port, plain_batch, unique_topic, wire, Broker, BrokerOptions};
 
 const ERROR_NONE: i16 = 0;
@@ -55,79 +51,22 @@ fn start(options: BrokerOptions) -> Broker {
     Broker::start_with(options)
 }
 
-struct RawClient {
-    stream: TcpStream,
-    correlation_id: i32,
-}
-
 impl RawClient {
     fn connect(broker: &Broker) -> RawClient {
-        let stream = wire::connect(broker.addr(), RAW_IO_TIMEOUT).expect("connect to the broker");
-        RawClient { stream, correlation_id: 0 }
+        RawClient::open(broker.addr(), "sluice-hardening-test", RAW_IO_TIMEOUT, MAX_ANSWER_BYTES)
     }
-
-    fn frame<R: Request>(&mut self, request: &R, version: i16) -> Vec<u8> {
-        self.correlation_id += 1;
-        let frame = common::cluster::encode_request(request, version, self.correlation_id, "sluice-hardening-test")
-            .unwrap_or_else(|e| panic!("{e}"));
-        frame
-    }
-
-    fn send<R: Request>(&mut self, request: &R, version: i16) {
-        let frame = self.frame(request, version);
-        self.stream.write_all(&frame).unwrap_or_else(|e| panic!("send API {}: {e}", R::KEY));
-    }
-
-    fn call<R: Request>(&mut self, request: &R, version: i16) -> R::Response {
-        self.send(request, version);
-        let mut size = [0u8; 4];
-        self.stream.read_exact(&mut size).expect("read answer size");
-        let size = usize::try_from(i32::from_be_bytes(size)).expect("answer size >= 0");
-        assert!(size <= MAX_ANSWER_BYTES, "answer of {size} bytes");
-        let mut frame = vec![0u8; size];
-        self.stream.read_exact(&mut frame).expect("read answer");
-        let mut buf = Bytes::from(frame);
-        let header = ResponseHeader::decode(&mut buf, R::Response::header_version(version)).expect("answer header");
-        assert_eq!(header.correlation_id, self.correlation_id, "answer to another request");
-        let response = R::Response::decode(&mut buf, version).expect("decode answer");
-        assert!(!buf.has_remaining(), "bytes after the answer");
-        response
-    }
-}
-
-fn topic_name(topic: &str) -> TopicName {
-    TopicName(StrBytes::from_string(topic.to_string()))
 }
 
 fn create_topic(client: &mut RawClient, topic: &str, configs: &[(&str, &str)]) {
-    let configs = configs
-        .iter()
-        .map(|(k, v)| {
-            CreatableTopicConfig::default()
-                .with_name(StrBytes::from_string(k.to_string()))
-                .with_value(Some(StrBytes::from_string(v.to_string())))
-        })
-        .collect();
-    let request = CreateTopicsRequest::default()
-        .with_topics(vec![CreatableTopic::default()
-            .with_name(topic_name(topic))
-            .with_num_partitions(1)
-            .with_replication_factor(-1)
-            .with_configs(configs)])
-        .with_timeout_ms(10_000);
-    let response = client.call(&request, CREATE_TOPICS_VERSION);
+    let spec = NewTopic { name: topic, partitions: 1, replication_factor: -1, configs };
+    let response = client.call(&requests::create_topics(&[spec], 10_000), CREATE_TOPICS_VERSION);
     for t in response.topics {
         assert_eq!(t.error_code, ERROR_NONE, "create {topic}: {:?}", t.error_message);
     }
 }
 
 fn produce(client: &mut RawClient, topic: &str, records: Bytes) {
-    let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(10_000).with_topic_data(vec![
-        TopicProduceData::default()
-            .with_name(topic_name(topic))
-            .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(records))]),
-    ]);
-    let response = client.call(&request, PRODUCE_VERSION);
+    let response = client.call(&requests::produce(topic, 0, records, -1, 10_000), PRODUCE_VERSION);
     for t in &response.responses {
         for p in &t.partition_responses {
             assert_eq!(p.error_code, ERROR_NONE, "produce to {topic}: {p:?}");
@@ -136,20 +75,7 @@ fn produce(client: &mut RawClient, topic: &str, records: Bytes) {
 }
 
 fn fetch_request(topic: &str, max_bytes: i32) -> FetchRequest {
-    FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_max_wait_ms(0)
-        .with_min_bytes(0)
-        .with_max_bytes(max_bytes)
-        .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default().with_topic(topic_name(topic)).with_partitions(vec![
-            FetchPartition::default()
-                .with_partition(0)
-                .with_current_leader_epoch(-1)
-                .with_fetch_offset(0)
-                .with_log_start_offset(-1)
-                .with_partition_max_bytes(max_bytes),
-        ])])
+    requests::fetch(topic, &[(0, 0)], max_bytes).with_max_wait_ms(0).with_min_bytes(0).with_max_bytes(max_bytes)
 }
 
 /// GET /metrics; the body.
@@ -298,7 +224,7 @@ fn pipeline_until_stuck(broker: &Broker, metrics_addr: &str, topic: &str, what: 
     for _ in 0..ATTACK_FETCHES {
         pipelined.extend_from_slice(&client.frame(&request, FETCH_VERSION));
     }
-    client.stream.write_all(&pipelined).expect("pipeline fetches");
+    client.stream().write_all(&pipelined).expect("pipeline fetches");
     let stuck = (INFLIGHT + 2) as f64;
     wait_until(&format!("{what}: {stuck} fetches handled"), RAW_IO_TIMEOUT, || {
         metric_sum(&scrape(metrics_addr), "sluice_requests_total", "api=\"Fetch\"") >= fetches_before + stuck

@@ -8,24 +8,19 @@
 mod common;
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    BrokerId, CreateTopicsRequest, FetchRequest, ProduceRequest, ResponseHeader, TopicName,
-};
-use kafka_protocol::protocol::{Decodable, HeaderVersion, Request, StrBytes};
+use bytes::Buf;
+use kafka_protocol::messages::FetchRequest;
 use kafka_protocol::records::RecordBatchDecoder;
+use sluice_client::requests::{self, NewTopic};
 
-use common::{free_port, plain_batch, unique_topic, wire, Broker, BrokerOptions};
+use common::wire::RawClient;
+use common::{free_port, plain_batch, unique_topic, Broker, BrokerOptions};
 
 /// Start-up test: starts (override with SLUICE_LIFECYCLE_STARTS for long runs by hand), busy-loop
 /// processes per CPU (SLUICE_LIFECYCLE_SPINNERS_PER_CPU), cores of the broker, and the bound within
@@ -212,70 +207,26 @@ fn broker_starts_under_cpu_saturation() {
 // ---------------------------------------------------------------------------------------------------
 // Item 8: SIGTERM always ends the process.
 
-/// One raw Kafka connection: requests pipelined, answers read in order.
-struct RawClient {
-    stream: TcpStream,
-    correlation_id: i32,
-}
+/// Largest answer frame the raw client reads (a read-back Fetch answer is at most 4 MiB).
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+/// `client_id` of the raw connections.
+const CLIENT_ID: &str = "sluice-lifecycle-test";
 
 impl RawClient {
     fn connect(addr: SocketAddr) -> RawClient {
-        let stream = wire::connect(addr, RAW_IO_TIMEOUT).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-        RawClient { stream, correlation_id: 0 }
+        RawClient::open(addr, CLIENT_ID, RAW_IO_TIMEOUT, MAX_ANSWER_BYTES)
     }
-
-    fn send<R: Request>(&mut self, request: &R, version: i16) -> i32 {
-        self.correlation_id += 1;
-        let frame = common::cluster::encode_request(request, version, self.correlation_id, "sluice-lifecycle-test")
-            .unwrap_or_else(|e| panic!("{e}"));
-        self.stream.write_all(&frame).unwrap_or_else(|e| panic!("send API {} v{version}: {e}", R::KEY));
-        self.correlation_id
-    }
-
-    fn call<R: Request>(&mut self, request: &R, version: i16) -> R::Response {
-        let correlation_id = self.send(request, version);
-        let mut size = [0u8; 4];
-        self.stream.read_exact(&mut size).unwrap_or_else(|e| panic!("read the answer to API {}: {e}", R::KEY));
-        let size = usize::try_from(u32::from_be_bytes(size)).expect("frame size fits usize");
-        let mut frame = vec![0u8; size];
-        self.stream.read_exact(&mut frame).unwrap_or_else(|e| panic!("read the answer to API {}: {e}", R::KEY));
-        let mut buf = Bytes::from(frame);
-        let header = ResponseHeader::decode(&mut buf, R::Response::header_version(version)).expect("response header");
-        assert_eq!(header.correlation_id, correlation_id, "answers out of request order");
-        R::Response::decode(&mut buf, version).unwrap_or_else(|e| panic!("decode answer to API {}: {e:#}", R::KEY))
-    }
-}
-
-fn topic_name(topic: &str) -> TopicName {
-    TopicName(StrBytes::from_string(topic.to_string()))
 }
 
 fn fetch_request(topic: &str, from: i64, max_bytes: i32) -> FetchRequest {
-    FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_max_wait_ms(0)
-        .with_min_bytes(0)
-        .with_max_bytes(max_bytes)
-        .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default().with_topic(topic_name(topic)).with_partitions(vec![
-            FetchPartition::default()
-                .with_partition(0)
-                .with_current_leader_epoch(-1)
-                .with_fetch_offset(from)
-                .with_log_start_offset(-1)
-                .with_partition_max_bytes(max_bytes),
-        ])])
+    requests::fetch(topic, &[(0, from)], max_bytes).with_max_wait_ms(0).with_min_bytes(0).with_max_bytes(max_bytes)
 }
 
 /// Creates a one-partition topic and produces STUCK_BATCHES batches to it (acks=all); returns every
 /// acknowledged record value in offset order.
 fn create_and_fill(client: &mut RawClient, topic: &str) -> Vec<String> {
-    let request = CreateTopicsRequest::default()
-        .with_topics(vec![CreatableTopic::default()
-            .with_name(topic_name(topic))
-            .with_num_partitions(1)
-            .with_replication_factor(-1)])
-        .with_timeout_ms(10_000);
+    let spec = NewTopic { name: topic, partitions: 1, replication_factor: -1, configs: &[] };
+    let request = requests::create_topics(&[spec], 10_000);
     for t in client.call(&request, CREATE_TOPICS_VERSION).topics {
         assert_eq!(t.error_code, ERROR_NONE, "create {topic}: {:?}", t.error_message);
     }
@@ -288,11 +239,7 @@ fn create_and_fill(client: &mut RawClient, topic: &str) -> Vec<String> {
                 format!("{tag}{}", "x".repeat(fill))
             })
             .collect();
-        let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(10_000).with_topic_data(vec![
-            TopicProduceData::default().with_name(topic_name(topic)).with_partition_data(vec![
-                PartitionProduceData::default().with_index(0).with_records(Some(plain_batch(&values))),
-            ]),
-        ]);
+        let request = requests::produce(topic, 0, plain_batch(&values), -1, 10_000);
         let response = client.call(&request, PRODUCE_VERSION);
         let p = &response.responses[0].partition_responses[0];
         assert_eq!(p.error_code, ERROR_NONE, "produce batch {b}: {:?}", p.error_message);
@@ -365,7 +312,7 @@ fn stuck_reader(addr: SocketAddr, topic: &str) -> TcpStream {
         stream
     };
     stream.set_write_timeout(Some(RAW_IO_TIMEOUT)).expect("set write timeout");
-    let mut client = RawClient { stream, correlation_id: 0 };
+    let mut client = RawClient::from_stream(stream, CLIENT_ID, MAX_ANSWER_BYTES);
     for _ in 0..STUCK_FETCHES {
         client.send(&fetch_request(topic, 0, STUCK_FETCH_MAX_BYTES), FETCH_VERSION);
     }
@@ -373,10 +320,10 @@ fn stuck_reader(addr: SocketAddr, topic: &str) -> TcpStream {
     loop {
         let mut queued: libc::c_int = 0;
         // SAFETY: FIONREAD writes one c_int through the pointer it is given.
-        let rc = unsafe { libc::ioctl(client.stream.as_raw_fd(), libc::FIONREAD, &mut queued) };
+        let rc = unsafe { libc::ioctl(client.stream().as_raw_fd(), libc::FIONREAD, &mut queued) };
         assert_eq!(rc, 0, "ioctl(FIONREAD): {}", std::io::Error::last_os_error());
         if queued > 0 {
-            return client.stream;
+            return client.conn.into_stream();
         }
         assert!(Instant::now() < deadline, "the broker sent nothing to the stuck reader within {RAW_IO_TIMEOUT:?}");
         thread::sleep(POLL_INTERVAL);

@@ -10,12 +10,8 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{CreateTopicsRequest, ProduceRequest, TopicName};
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use bytes::Bytes;
+use kafka_protocol::records::Compression;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -23,6 +19,11 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use common::cluster::call;
 use common::{unique_topic, Broker};
+use sluice_client::batch::forge::{
+    forge, set_i32, ATTRIBUTES_LOW, HEADER_LEN, LAST_OFFSET_DELTA, PRODUCER_ID, RECORDS_COUNT,
+};
+use sluice_client::requests::{self, NewTopic};
+use sluice_client::BatchBuilder;
 
 const PRODUCE_VERSION: i16 = 9;
 const NONE: i16 = 0;
@@ -32,45 +33,17 @@ const UNSUPPORTED_FOR_MESSAGE_FORMAT: i16 = 43;
 const INVALID_TXN_STATE: i16 = 48;
 const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
 const INVALID_RECORD: i16 = 87;
-/// Byte offsets in a RecordBatch v2 header.
-const CRC_START: usize = 21;
-const ATTRIBUTES_LOW: usize = 22;
-const LAST_OFFSET_DELTA: usize = 23;
-const PRODUCER_ID: usize = 43;
-const RECORDS_COUNT: usize = 57;
-const HEADER_LEN: usize = 61;
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn name(topic: &str) -> TopicName {
-    TopicName(StrBytes::from_string(topic.to_string()))
-}
-
 fn create_topic(addr: SocketAddr, topic: &str, configs: &[(&str, &str)]) {
-    let configs = configs
-        .iter()
-        .map(|(k, v)| {
-            CreatableTopicConfig::default()
-                .with_name(StrBytes::from_string(k.to_string()))
-                .with_value(Some(StrBytes::from_string(v.to_string())))
-        })
-        .collect();
-    let request = CreateTopicsRequest::default().with_timeout_ms(10_000).with_topics(vec![CreatableTopic::default()
-        .with_name(name(topic))
-        .with_num_partitions(1)
-        .with_replication_factor(-1)
-        .with_configs(configs)]);
-    let created = call(addr, &request, 5).expect("CreateTopics answered");
+    let spec = NewTopic { name: topic, partitions: 1, replication_factor: -1, configs };
+    let created = call(addr, &requests::create_topics(&[spec], 10_000), 5).expect("CreateTopics answered");
     assert_eq!(created.topics[0].error_code, NONE, "{:?}", created.topics[0].error_message);
 }
 
 /// One Produce of `records` to partition 0: (error code, base offset, error message).
 fn produce_at(addr: SocketAddr, topic: &str, records: Bytes, version: i16) -> (i16, i64, String) {
-    let request = ProduceRequest::default().with_acks(1).with_timeout_ms(10_000).with_topic_data(vec![
-        TopicProduceData::default()
-            .with_name(name(topic))
-            .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(records))]),
-    ]);
-    let response = call(addr, &request, version).expect("Produce answered");
+    let response = call(addr, &requests::produce(topic, 0, records, 1, 10_000), version).expect("Produce answered");
     let p = &response.responses[0].partition_responses[0];
     (p.error_code, p.base_offset, p.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default())
 }
@@ -79,49 +52,13 @@ fn produce(addr: SocketAddr, topic: &str, records: Bytes) -> (i16, i64, String) 
     produce_at(addr, topic, records, PRODUCE_VERSION)
 }
 
-fn record(i: usize, key: Option<&str>, value: Bytes) -> Record {
-    Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: i as i64,
-        // One batch (the encoder splits where offset - sequence changes), base sequence -1.
-        sequence: i as i32 - 1,
-        timestamp: common::now_ms(),
-        key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
-        value: Some(value),
-        headers: Default::default(),
-    }
-}
-
 /// An honest batch of `values` (keyed `k<i>`) with `compression`.
 fn batch(values: &[&str], compression: Compression) -> Bytes {
-    let records: Vec<Record> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| record(i, Some(&format!("k{i}")), Bytes::copy_from_slice(v.as_bytes())))
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression })
-        .expect("encode batch");
-    buf.freeze()
-}
-
-/// `batch` edited as a lying client would, its CRC32C recomputed so that it is "valid".
-fn forge(batch: &Bytes, edit: impl FnOnce(&mut Vec<u8>)) -> Bytes {
-    let mut b = batch.to_vec();
-    edit(&mut b);
-    let crc = crc32c::crc32c(&b[CRC_START..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-    Bytes::from(b)
-}
-
-fn set_i32(b: &mut [u8], at: usize, v: i32) {
-    b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    let mut batch = BatchBuilder::new(compression);
+    for (i, v) in values.iter().enumerate() {
+        batch.push(common::now_ms(), Some(Bytes::from(format!("k{i}"))), Some(Bytes::copy_from_slice(v.as_bytes())));
+    }
+    batch.build().expect("encode batch")
 }
 
 /// Every record of partition 0 read with librdkafka from the beginning: (offset, value). Fails on
@@ -306,9 +243,7 @@ fn zstd_bomb(records: usize) -> Bytes {
     b.extend_from_slice(&(-1i32).to_be_bytes());
     b.extend_from_slice(&n.to_be_bytes());
     b.extend_from_slice(&section);
-    let crc = crc32c::crc32c(&b[CRC_START..]);
-    b[17..21].copy_from_slice(&crc.to_be_bytes());
-    Bytes::from(b)
+    forge(&b, |_| {})
 }
 
 fn varint(out: &mut Vec<u8>, v: i64) {

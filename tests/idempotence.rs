@@ -1,6 +1,6 @@
 //! Idempotent producers (issue 5) against the real `sluice serve` binary.
 //!
-//! Raw protocol first (kafka-protocol over a std `TcpStream`, so every field is ours to choose): a
+//! Raw protocol first (sluice-client at explicit versions, so every field is ours to choose): a
 //! retried batch is acknowledged with its original base offset and written once, also while the
 //! original is still in flight; a sequence gap answers OUT_OF_ORDER_SEQUENCE_NUMBER (45) and an older
 //! epoch INVALID_PRODUCER_EPOCH (47), both writing nothing; a new epoch starts at sequence 0; sequences
@@ -20,28 +20,16 @@
 mod common;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Write;
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use futures_executor::block_on;
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    BrokerId, CreateTopicsRequest, FetchRequest, InitProducerIdRequest, ListOffsetsRequest, ProduceRequest, ProducerId,
-    ResponseHeader, TopicName,
-};
-use kafka_protocol::protocol::{Decodable, HeaderVersion, Request, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::messages::ProduceRequest;
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -51,7 +39,10 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 
+use common::wire::RawClient;
 use common::{drop_within, now_ms, unique_topic, wire, Broker, BrokerOptions};
+use sluice_client::requests::{self, NewTopic};
+use sluice_client::BatchBuilder;
 
 /// Read/write timeout of a raw connection: one request's answer must come within it.
 const RAW_IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -105,65 +96,16 @@ const CLIENT_CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
 // ---------------------------------------------------------------------------------------------------
 // Raw protocol client.
 
-/// One connection speaking kafka-protocol messages; requests may be pipelined (`send` several, then
-/// `receive` their answers in order, as Kafka answers them).
-struct RawClient {
-    stream: TcpStream,
-    correlation_id: i32,
-}
-
+/// The raw client (common::wire::RawClient: sluice-client at explicit versions) and what these tests
+/// do with it.
 impl RawClient {
     fn connect(broker: &Broker) -> RawClient {
-        let stream = wire::connect(broker.addr(), RAW_IO_TIMEOUT)
-            .unwrap_or_else(|e| panic!("connect to {}: {e}", broker.bootstrap()));
-        RawClient { stream, correlation_id: 0 }
-    }
-
-    /// Sends `request` and returns its correlation id.
-    fn send<R: Request>(&mut self, request: &R, version: i16) -> i32 {
-        self.correlation_id += 1;
-        let frame = common::cluster::encode_request(request, version, self.correlation_id, "sluice-idempotence-test")
-            .unwrap_or_else(|e| panic!("{e}"));
-        self.stream.write_all(&frame).unwrap_or_else(|e| panic!("send API {} v{version}: {e}", R::KEY));
-        self.correlation_id
-    }
-
-    /// Reads the next answer, which must be the one to `correlation_id`, and decodes all of it.
-    fn receive<R: Request>(&mut self, correlation_id: i32, version: i16) -> R::Response {
-        let frame = wire::read_frame(&mut self.stream)
-            .unwrap_or_else(|e| panic!("read the answer to API {} v{version}: {e}", R::KEY));
-        let mut buf = Bytes::from(frame);
-        let header = ResponseHeader::decode(&mut buf, R::Response::header_version(version))
-            .unwrap_or_else(|e| panic!("decode response header of API {}: {e:#}", R::KEY));
-        assert_eq!(header.correlation_id, correlation_id, "answers out of request order");
-        let response = R::Response::decode(&mut buf, version)
-            .unwrap_or_else(|e| panic!("decode response of API {} v{version}: {e:#}", R::KEY));
-        assert!(!buf.has_remaining(), "{} bytes after the response of API {}", buf.remaining(), R::KEY);
-        response
-    }
-
-    fn call<R: Request>(&mut self, request: &R, version: i16) -> R::Response {
-        let correlation_id = self.send(request, version);
-        self.receive::<R>(correlation_id, version)
+        RawClient::open(broker.addr(), "sluice-idempotence-test", RAW_IO_TIMEOUT, wire::MAX_RESPONSE_FRAME_BYTES)
     }
 
     fn create_topic(&mut self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
-        let configs = configs
-            .iter()
-            .map(|(name, value)| {
-                CreatableTopicConfig::default()
-                    .with_name(StrBytes::from_string(name.to_string()))
-                    .with_value(Some(StrBytes::from_string(value.to_string())))
-            })
-            .collect();
-        let request = CreateTopicsRequest::default()
-            .with_topics(vec![CreatableTopic::default()
-                .with_name(topic_name(topic))
-                .with_num_partitions(partitions)
-                .with_replication_factor(-1)
-                .with_configs(configs)])
-            .with_timeout_ms(PRODUCE_TIMEOUT_MS);
-        let response = self.call(&request, CREATE_TOPICS_VERSION);
+        let spec = NewTopic { name: topic, partitions, replication_factor: -1, configs };
+        let response = self.call(&requests::create_topics(&[spec], PRODUCE_TIMEOUT_MS), CREATE_TOPICS_VERSION);
         for t in response.topics {
             assert_eq!(t.error_code, ERROR_NONE, "create {topic}: {:?}", t.error_message);
         }
@@ -171,11 +113,7 @@ impl RawClient {
 
     /// A fresh producer id (InitProducerId without a transactional id), with its epoch.
     fn init_producer_id(&mut self) -> (i64, i16) {
-        let request = InitProducerIdRequest::default()
-            .with_transactional_id(None)
-            .with_transaction_timeout_ms(60_000)
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1);
+        let request = requests::init_producer_id(60_000);
         let response = self.call(&request, INIT_PRODUCER_ID_VERSION);
         assert_eq!(response.error_code, ERROR_NONE, "InitProducerId: {response:?}");
         assert!(response.producer_id.0 >= 0, "InitProducerId handed out {response:?}");
@@ -183,12 +121,7 @@ impl RawClient {
     }
 
     fn send_produce(&mut self, topic: &str, partition: i32, records: &Bytes) -> i32 {
-        let request =
-            ProduceRequest::default().with_acks(-1).with_timeout_ms(PRODUCE_TIMEOUT_MS).with_topic_data(vec![
-                TopicProduceData::default().with_name(topic_name(topic)).with_partition_data(vec![
-                    PartitionProduceData::default().with_index(partition).with_records(Some(records.clone())),
-                ]),
-            ]);
+        let request = requests::produce(topic, partition, records.clone(), -1, PRODUCE_TIMEOUT_MS);
         self.send(&request, PRODUCE_VERSION)
     }
 
@@ -211,13 +144,7 @@ impl RawClient {
 
     /// ListOffsets latest (timestamp -1) for one partition.
     fn list_offsets_latest(&mut self, topic: &str, partition: i32) -> ListOffsetsPartitionResponse {
-        let request =
-            ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![ListOffsetsTopic::default()
-                .with_name(topic_name(topic))
-                .with_partitions(vec![ListOffsetsPartition::default()
-                    .with_partition_index(partition)
-                    .with_current_leader_epoch(-1)
-                    .with_timestamp(-1)])]);
+        let request = requests::list_offsets(topic, &[partition], requests::LATEST_TIMESTAMP);
         let response = self.call(&request, LIST_OFFSETS_VERSION);
         let [t] = response.topics.as_slice() else { panic!("ListOffsets answered {response:?}") };
         let [p] = t.partitions.as_slice() else { panic!("ListOffsets answered {response:?}") };
@@ -236,20 +163,10 @@ impl RawClient {
         let mut out: Vec<StoredRecord> = Vec::new();
         loop {
             let from = out.last().map_or(0, |r| r.offset + 1);
-            let request = FetchRequest::default()
-                .with_replica_id(BrokerId(-1))
+            let request = requests::fetch(topic, &[(partition, from)], FETCH_MAX_BYTES)
                 .with_max_wait_ms(0)
                 .with_min_bytes(0)
-                .with_max_bytes(FETCH_MAX_BYTES)
-                .with_session_epoch(-1)
-                .with_topics(vec![FetchTopic::default().with_topic(topic_name(topic)).with_partitions(vec![
-                    FetchPartition::default()
-                        .with_partition(partition)
-                        .with_current_leader_epoch(-1)
-                        .with_fetch_offset(from)
-                        .with_log_start_offset(-1)
-                        .with_partition_max_bytes(FETCH_MAX_BYTES),
-                ])]);
+                .with_max_bytes(FETCH_MAX_BYTES);
             let response = self.call(&request, FETCH_VERSION);
             assert_eq!(response.error_code, ERROR_NONE, "Fetch {topic}/{partition}: {response:?}");
             let [t] = response.responses.as_slice() else { panic!("Fetch answered {response:?}") };
@@ -280,10 +197,6 @@ impl RawClient {
             );
         }
     }
-}
-
-fn topic_name(topic: &str) -> TopicName {
-    TopicName(StrBytes::from_string(topic.to_string()))
 }
 
 /// A Produce answer for one partition.
@@ -317,30 +230,12 @@ impl IdempotentProducer {
     fn batch(&self, base_sequence: i32) -> Bytes {
         let epoch = self.epoch;
         let timestamp = now_ms();
-        let records: Vec<Record> = (0..RAW_BATCH_RECORDS)
-            .map(|i| {
-                let sequence = base_sequence + i32::try_from(i).expect("small batch");
-                Record {
-                    transactional: false,
-                    control: false,
-                    delete_horizon: false,
-                    partition_leader_epoch: -1,
-                    producer_id: self.id,
-                    producer_epoch: epoch,
-                    timestamp_type: TimestampType::Creation,
-                    offset: i64::try_from(i).expect("small batch"),
-                    sequence,
-                    timestamp,
-                    key: None,
-                    value: Some(Bytes::from(record_value(self.id, epoch, sequence))),
-                    headers: Default::default(),
-                }
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        let options = RecordEncodeOptions { version: 2, compression: Compression::None };
-        RecordBatchEncoder::encode(&mut buf, &records, &options).expect("encode record batch");
-        let batch = buf.freeze();
+        let mut builder = BatchBuilder::new(Compression::None).idempotent(self.id, epoch, base_sequence);
+        for i in 0..RAW_BATCH_RECORDS {
+            let sequence = base_sequence + i32::try_from(i).expect("small batch");
+            builder.push(timestamp, None, Some(Bytes::from(record_value(self.id, epoch, sequence))));
+        }
+        let batch = builder.build().expect("encode record batch");
         let infos = RecordBatchDecoder::decode_batch_info(&mut batch.clone()).expect("decode own batch header");
         assert!(
             infos.len() == 1 && infos[0].base_sequence == base_sequence && infos[0].producer_epoch == epoch,

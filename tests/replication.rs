@@ -31,10 +31,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use futures_executor::block_on;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{BrokerId, FetchRequest, ProduceRequest, TopicName};
-use kafka_protocol::protocol::StrBytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -44,6 +40,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use common::cluster::{self, temp_dir, DevCluster, NodeState, BROKERS, ERROR_INVALID_REPLICATION_FACTOR};
 use common::{drop_within, plain_batch, unique_topic};
+use sluice_client::requests;
 
 /// How long the controller has to notice a dead leader and name a new one (the target is under 3 s;
 /// the slack is for two loaded cores).
@@ -234,20 +231,10 @@ fn move_leadership_to(cluster: &mut DevCluster, topic: &str, partition: i32, wan
 // ---------------------------------------------------------------------------------------------------
 // Raw requests to one broker.
 
-fn topic_name(topic: &str) -> TopicName {
-    TopicName(StrBytes::from_string(topic.to_string()))
-}
-
 /// Produce (acks=all) one record to `node`: the partition's error code.
 fn raw_produce_error(cluster: &DevCluster, node: i32, topic: &str, partition: i32) -> i16 {
-    let request =
-        ProduceRequest::default().with_acks(-1).with_timeout_ms(RAW_PRODUCE_TIMEOUT_MS).with_topic_data(vec![
-            TopicProduceData::default().with_name(topic_name(topic)).with_partition_data(vec![
-                PartitionProduceData::default()
-                    .with_index(partition)
-                    .with_records(Some(plain_batch(&["to-a-non-leader".to_string()]))),
-            ]),
-        ]);
+    let records = plain_batch(&["to-a-non-leader".to_string()]);
+    let request = requests::produce(topic, partition, records, -1, RAW_PRODUCE_TIMEOUT_MS);
     let response = cluster::call(cluster.kafka_addr(node), &request, PRODUCE_VERSION)
         .unwrap_or_else(|e| panic!("Produce to node {node}: {e}"));
     let [t] = response.responses.as_slice() else { panic!("Produce answered {response:?}") };
@@ -257,20 +244,10 @@ fn raw_produce_error(cluster: &DevCluster, node: i32, topic: &str, partition: i3
 
 /// Fetch from offset 0 on `node`: the partition's error code.
 fn raw_fetch_error(cluster: &DevCluster, node: i32, topic: &str, partition: i32) -> i16 {
-    let request = FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
+    let request = requests::fetch(topic, &[(partition, 0)], 1 << 20)
         .with_max_wait_ms(0)
         .with_min_bytes(0)
-        .with_max_bytes(1 << 20)
-        .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default().with_topic(topic_name(topic)).with_partitions(vec![
-            FetchPartition::default()
-                .with_partition(partition)
-                .with_current_leader_epoch(-1)
-                .with_fetch_offset(0)
-                .with_log_start_offset(-1)
-                .with_partition_max_bytes(1 << 20),
-        ])]);
+        .with_max_bytes(1 << 20);
     let response = cluster::call(cluster.kafka_addr(node), &request, FETCH_VERSION)
         .unwrap_or_else(|e| panic!("Fetch from node {node}: {e}"));
     let [t] = response.responses.as_slice() else { panic!("Fetch answered {response:?}") };
@@ -865,9 +842,6 @@ fn controller_failover() {
 /// old one's was, and the records below it are gone there too.
 #[test]
 fn delete_records_reach_followers() {
-    use kafka_protocol::messages::delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
-    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-    use kafka_protocol::messages::{DeleteRecordsRequest, ListOffsetsRequest};
     const DELETE_BEFORE: i64 = 60;
 
     let tmp = temp_dir("sluice-repl-delrec-");
@@ -880,23 +854,14 @@ fn delete_records_reach_followers() {
 
     let before = cluster.partition(&topic, 0).expect("metadata");
     let leader = before.leader;
-    let delete = DeleteRecordsRequest::default()
-        .with_timeout_ms(5_000)
-        .with_topics(vec![DeleteRecordsTopic::default().with_name(topic_name(&topic)).with_partitions(vec![
-            DeleteRecordsPartition::default().with_partition_index(0).with_offset(DELETE_BEFORE),
-        ])]);
+    let delete = requests::delete_records(&topic, &[(0, DELETE_BEFORE)], 5_000);
     let answer = cluster::call(cluster.kafka_addr(leader), &delete, 1).expect("DeleteRecords");
     let p = &answer.topics[0].partitions[0];
     assert_eq!((p.error_code, p.low_watermark), (0, DELETE_BEFORE), "DeleteRecords on leader {leader}");
 
     // ListOffsets on `node` (-2: the log start).
     let list_offset = |cluster: &DevCluster, node: i32, timestamp: i64| -> Result<i64, String> {
-        let request =
-            ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![ListOffsetsTopic::default()
-                .with_name(topic_name(&topic))
-                .with_partitions(vec![ListOffsetsPartition::default()
-                    .with_partition_index(0)
-                    .with_timestamp(timestamp)])]);
+        let request = requests::list_offsets(&topic, &[0], timestamp);
         let r = cluster::call(cluster.kafka_addr(node), &request, 1)?;
         let p = &r.topics[0].partitions[0];
         if p.error_code != 0 {

@@ -11,10 +11,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{ApiKey, FetchRequest, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{ApiKey, FetchRequest};
 use kafka_protocol::records::RecordBatchDecoder;
+use sluice_client::requests;
 
 use crate::client::{
     commit_offsets, decode_response, encode_request, find_coordinator, read_frame, Connection, TopicLayout,
@@ -100,7 +99,7 @@ pub fn run_consumer(
     let mine: Vec<i32> = (0..layout.partitions()).filter(|p| *p as usize % group.consumers == index).collect();
     let mut owned = Vec::new();
     for (address, partitions) in layout.by_leader(&mine)? {
-        let conn = Connection::connect(&address)?;
+        let conn = crate::client::connect(&address)?;
         let version = conn.version(ApiKey::Fetch)?;
         owned.push(Owned { address, conn, version, partitions });
     }
@@ -117,14 +116,14 @@ pub fn run_consumer(
     }
     // Offsets go to the group's coordinator. Without one, this consumer does not commit (the
     // measurement does not depend on commits) and says so once.
-    let mut coordinator = match find_coordinator(&mut owned[0].conn, &group.name).and_then(|a| Connection::connect(&a))
-    {
-        Ok(conn) => Some(conn),
-        Err(e) => {
-            eprintln!("sluice-loadgen: group {}: no coordinator ({e}); offsets are not committed", group.name);
-            None
-        }
-    };
+    let mut coordinator =
+        match find_coordinator(&mut owned[0].conn, &group.name).and_then(|a| crate::client::connect(&a)) {
+            Ok(conn) => Some(conn),
+            Err(e) => {
+                eprintln!("sluice-loadgen: group {}: no coordinator ({e}); offsets are not committed", group.name);
+                None
+            }
+        };
     // Fetched records not processed yet: (partition, offset, value).
     let mut buffered: std::collections::VecDeque<(i32, i64, Option<Bytes>)> = Default::default();
     while !shared.stopping() {
@@ -192,23 +191,12 @@ fn fetch_into(
     buffered: &mut std::collections::VecDeque<(i32, i64, Option<Bytes>)>,
 ) -> Result<()> {
     let state = &shared.groups[group_index];
-    let partitions: Vec<FetchPartition> = o
-        .partitions
-        .iter()
-        .map(|&p| {
-            FetchPartition::default()
-                .with_partition(p)
-                .with_fetch_offset(state.positions[p as usize].load(Ordering::Relaxed).max(0))
-                .with_partition_max_bytes(FETCH_PARTITION_MAX_BYTES)
-        })
-        .collect();
-    let request = FetchRequest::default()
+    let positions: Vec<(i32, i64)> =
+        o.partitions.iter().map(|&p| (p, state.positions[p as usize].load(Ordering::Relaxed).max(0))).collect();
+    let request = requests::fetch(topic, &positions, FETCH_PARTITION_MAX_BYTES)
         .with_max_wait_ms(FETCH_MAX_WAIT_MS)
         .with_min_bytes(1)
-        .with_max_bytes(FETCH_MAX_BYTES)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partitions(partitions)]);
+        .with_max_bytes(FETCH_MAX_BYTES);
     let correlation_id = o.conn.next_correlation_id();
     let frame = encode_request(&request, o.version, correlation_id)?;
     let mut stream = o.conn.try_clone_stream()?;
@@ -217,12 +205,7 @@ fn fetch_into(
     let response =
         decode_response::<FetchRequest>(read_frame(&mut stream, &o.address)?, o.version, correlation_id, &o.address)?;
     if response.error_code != 0 {
-        return Err(LoadgenError::Broker {
-            broker: o.address.clone(),
-            api: "Fetch",
-            code: response.error_code,
-            detail: None,
-        });
+        return Err(LoadgenError::broker(&o.address, "Fetch", response.error_code, None));
     }
     for t in &response.responses {
         for p in &t.partitions {
@@ -231,15 +214,8 @@ fn fetch_into(
                     || LoadgenError::protocol(&o.address, format!("partition {} in a fetch answer", p.partition_index)),
                 )?;
             if p.error_code == ERROR_OFFSET_OUT_OF_RANGE {
-                return Err(LoadgenError::Broker {
-                    broker: o.address.clone(),
-                    api: "Fetch",
-                    code: p.error_code,
-                    detail: Some(format!(
-                        "partition {} at offset {position} (deleted by retention?)",
-                        p.partition_index
-                    )),
-                });
+                let detail = format!("partition {} at offset {position} (deleted by retention?)", p.partition_index);
+                return Err(LoadgenError::broker(&o.address, "Fetch", p.error_code, Some(detail)));
             }
             if p.error_code != 0 {
                 shared.record_errors(p.error_code, 1);

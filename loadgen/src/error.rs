@@ -4,6 +4,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use sluice_client::ClientError;
+
 /// Why a run (or one of its steps) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadgenError {
@@ -17,12 +19,9 @@ pub enum LoadgenError {
         #[source]
         source: io::Error,
     },
-    #[error("protocol error talking to {broker}: {message}")]
-    Protocol { broker: String, message: String },
-    #[error("broker {broker} answered {api} with error code {code}{}", detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
-    Broker { broker: String, api: &'static str, code: i16, detail: Option<String> },
-    #[error("no broker of {0} could be reached")]
-    NoBroker(String),
+    /// A Kafka call failed: the socket, the protocol, or the broker's error code (sluice-client's error).
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error("writing outputs: {0}")]
     Output(String),
     #[error("a worker thread failed: {0}")]
@@ -35,7 +34,19 @@ impl LoadgenError {
     }
 
     pub(crate) fn protocol(broker: &str, message: impl Into<String>) -> Self {
-        LoadgenError::Protocol { broker: broker.to_string(), message: message.into() }
+        LoadgenError::Client(ClientError::protocol(broker, message))
+    }
+
+    pub(crate) fn broker(broker: &str, api: &'static str, code: i16, detail: Option<String>) -> Self {
+        LoadgenError::Client(ClientError::Broker { broker: broker.to_string(), api, code, detail })
+    }
+
+    /// The Kafka error code, if a broker answered with one.
+    pub fn broker_code(&self) -> Option<i16> {
+        match self {
+            LoadgenError::Client(e) => e.code(),
+            _ => None,
+        }
     }
 }
 

@@ -19,12 +19,11 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, TopicName};
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::messages::{ApiKey, ProduceRequest};
+use kafka_protocol::records::Compression;
+use sluice_client::{requests, BatchBuilder};
 
-use crate::client::{decode_response, encode_request, read_frame, Connection, TopicLayout};
+use crate::client::{decode_response, encode_request, read_frame, TopicLayout};
 use crate::error::{LoadgenError, Result};
 use crate::scenario::{CompressionSpec, KeyDistribution, Mode, Scenario, SizeDistribution};
 use crate::stats::Shared;
@@ -197,7 +196,7 @@ pub fn run_producer(
         let index = match by_address.get(&address) {
             Some(&i) => i,
             None => {
-                let conn = Connection::connect(&address)?;
+                let conn = crate::client::connect(&address)?;
                 let version = conn.version(ApiKey::Produce)?;
                 let writer = conn.try_clone_stream()?;
                 let (in_flight, reader) = if spec.acks == 0 {
@@ -398,7 +397,7 @@ impl Producer {
         }
         let start_unix_us = self.shared.start_unix_us;
         let mut value_buf = BytesMut::new();
-        let mut records = Vec::with_capacity(pending.len());
+        let mut batch = BatchBuilder::new(compression(self.scenario.producer.compression)).with_capacity(pending.len());
         let mut bytes = 0u64;
         for (i, r) in pending.iter().enumerate() {
             let intended_unix_us = start_unix_us + r.intended_us as i64;
@@ -407,36 +406,15 @@ impl Producer {
             value_buf.extend_from_slice(&self.filler[..r.value_bytes - VALUE_HEADER_BYTES]);
             let value = value_buf.split().freeze();
             bytes += (r.value_bytes + r.key.as_ref().map_or(0, |k| k.len())) as u64;
-            records.push(Record {
-                transactional: false,
-                control: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                // Base sequence -1 (no idempotence); the encoder keeps one batch while offset − sequence
-                // is constant.
-                sequence: i as i32 - 1,
-                timestamp: intended_unix_us / 1000,
-                key: r.key.clone(),
-                value: Some(value),
-                headers: Default::default(),
-                delete_horizon: false,
-            });
+            batch.push(intended_unix_us / 1000, r.key.clone(), Some(value));
         }
-        let options = RecordEncodeOptions { version: 2, compression: compression(self.scenario.producer.compression) };
-        let mut batch = BytesMut::new();
-        RecordBatchEncoder::encode(&mut batch, &records, &options)
-            .map_err(|e| LoadgenError::Invalid(format!("encoding a record batch: {e}")))?;
-        let request = ProduceRequest::default()
-            .with_acks(self.scenario.producer.acks)
-            .with_timeout_ms(PRODUCE_TIMEOUT_MS)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_string(self.layout.topic.clone())))
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(partition)
-                    .with_records(Some(batch.freeze()))])]);
+        let request = requests::produce(
+            &self.layout.topic,
+            partition,
+            batch.build()?,
+            self.scenario.producer.acks,
+            PRODUCE_TIMEOUT_MS,
+        );
         let conn = &mut self.connections[self.partition_conn[partition as usize]];
         let correlation_id = conn.next_correlation_id;
         conn.next_correlation_id = conn.next_correlation_id.wrapping_add(1);

@@ -129,14 +129,14 @@ pub fn run_scenario(scenario: &Scenario, options: &RunOptions) -> Result<(Summar
     // Consumers start at the current end of the log (an earlier run's records are not this run's).
     let mut lag_connections = Vec::new();
     for (address, ps) in layout.by_leader(&(0..partitions).collect::<Vec<_>>())? {
-        lag_connections.push((Connection::connect(&address)?, ps));
+        lag_connections.push((crate::client::connect(&address)?, ps));
     }
     // A just-created topic's leaders may still be taking up their role (a cluster's metadata
     // propagates): NOT_LEADER_OR_FOLLOWER and LEADER_NOT_AVAILABLE are retried for a while.
     let ready_deadline = Instant::now() + START_OFFSETS_TIMEOUT;
     let start_offsets = loop {
         match sample_end_offsets(&mut lag_connections, &layout.topic, partitions) {
-            Err(LoadgenError::Broker { code: 5 | 6, .. }) if Instant::now() < ready_deadline => {
+            Err(e) if matches!(e.broker_code(), Some(5 | 6)) && Instant::now() < ready_deadline => {
                 std::thread::sleep(Duration::from_millis(100))
             }
             other => break other?,

@@ -1,6 +1,6 @@
 //! A `sluice dev-cluster` of real broker processes on 127.0.0.1, for the multi-broker tests: start it,
 //! `kill -9` a node by its pid file, freeze and thaw one (SIGSTOP/SIGCONT), restart one from its saved
-//! command line, and look at the cluster through Metadata and CreateTopics (kafka-protocol over a std
+//! command line, and look at the cluster through Metadata and CreateTopics (sluice-client over a std
 //! `TcpStream`, so that the controller id and leader epochs are visible, which librdkafka hides).
 //! Every wait has a deadline and panics with the tail of every broker's log.
 //!
@@ -9,7 +9,7 @@
 
 use std::cell::Cell;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -17,11 +17,9 @@ use std::sync::{mpsc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{CreateTopicsRequest, MetadataRequest, RequestHeader, ResponseHeader, TopicName};
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::protocol::Request;
+use sluice_client::requests::{self, NewTopic};
+use sluice_client::Connection;
 
 use super::wire;
 
@@ -469,21 +467,8 @@ impl DevCluster {
         replication_factor: i16,
         configs: &[(&str, &str)],
     ) -> (i16, String) {
-        let configs: Vec<CreatableTopicConfig> = configs
-            .iter()
-            .map(|(name, value)| {
-                CreatableTopicConfig::default()
-                    .with_name(StrBytes::from_string(name.to_string()))
-                    .with_value(Some(StrBytes::from_string(value.to_string())))
-            })
-            .collect();
-        let request = CreateTopicsRequest::default()
-            .with_topics(vec![CreatableTopic::default()
-                .with_name(topic_name(topic))
-                .with_num_partitions(partitions)
-                .with_replication_factor(replication_factor)
-                .with_configs(configs)])
-            .with_timeout_ms(CREATE_TOPICS_TIMEOUT_MS);
+        let topic_spec = NewTopic { name: topic, partitions, replication_factor, configs };
+        let request = requests::create_topics(&[topic_spec], CREATE_TOPICS_TIMEOUT_MS);
         let mut attempts = 0;
         self.wait_until(&format!("CreateTopics {topic} answered"), NODE_TIMEOUT + NODE_TIMEOUT, || {
             attempts += 1;
@@ -686,18 +671,9 @@ fn node_index(id: i32) -> usize {
     id as usize
 }
 
-fn topic_name(topic: &str) -> TopicName {
-    TopicName(StrBytes::from_string(topic.to_string()))
-}
-
 /// Metadata from the broker at `addr` (node `id`), for `topics` (None: all).
 pub fn metadata_at(addr: SocketAddr, id: i32, topics: Option<&[&str]>) -> Result<ClusterView, String> {
-    let request = MetadataRequest::default()
-        .with_topics(topics.map(|names| {
-            names.iter().map(|name| MetadataRequestTopic::default().with_name(Some(topic_name(name)))).collect()
-        }))
-        .with_allow_auto_topic_creation(false);
-    let response = call(addr, &request, METADATA_VERSION)?;
+    let response = call(addr, &requests::metadata(topics, METADATA_VERSION), METADATA_VERSION)?;
     let mut brokers: Vec<(i32, String, i32)> =
         response.brokers.iter().map(|b| (b.node_id.0, b.host.to_string(), b.port)).collect();
     brokers.sort();
@@ -728,46 +704,11 @@ pub fn metadata_at(addr: SocketAddr, id: i32, topics: Option<&[&str]>) -> Result
     Ok(ClusterView { answered_by: id, brokers, controller: response.controller_id.0, topics })
 }
 
-/// A size-prefixed frame of `request` (header with `correlation_id` and `client_id`, then the body
-/// in `version`), as a client sends it.
-pub fn encode_request<R: Request>(
-    request: &R,
-    version: i16,
-    correlation_id: i32,
-    client_id: &'static str,
-) -> Result<Vec<u8>, String> {
-    let header = RequestHeader::default()
-        .with_request_api_key(R::KEY)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str(client_id)));
-    let mut body = BytesMut::new();
-    header.encode(&mut body, R::header_version(version)).map_err(|e| format!("encode header: {e}"))?;
-    request.encode(&mut body, version).map_err(|e| format!("encode API {} v{version}: {e}", R::KEY))?;
-    let mut frame = u32::try_from(body.len()).expect("frame length").to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    Ok(frame)
-}
-
-/// One request on a fresh connection and its whole answer, decoded; any failure as text.
+/// One request on a fresh sluice-client connection and its whole answer, decoded; any failure as text.
 pub fn call<R: Request>(addr: SocketAddr, request: &R, version: i16) -> Result<R::Response, String> {
-    let mut stream = wire::connect(addr, REQUEST_TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
-    let correlation_id = 1;
-    let frame = encode_request(request, version, correlation_id, "sluice-cluster-test")?;
-    stream.write_all(&frame).map_err(|e| format!("send API {} to {addr}: {e}", R::KEY))?;
-    let answer = wire::read_frame(&mut stream).map_err(|e| format!("answer to API {} from {addr}: {e}", R::KEY))?;
-    let mut buf = Bytes::from(answer);
-    let header = ResponseHeader::decode(&mut buf, R::Response::header_version(version))
-        .map_err(|e| format!("decode response header of API {}: {e:#}", R::KEY))?;
-    if header.correlation_id != correlation_id {
-        return Err(format!("correlation id {} in answer to {correlation_id}", header.correlation_id));
-    }
-    let response = R::Response::decode(&mut buf, version)
-        .map_err(|e| format!("decode API {} v{version} answer: {e:#}", R::KEY))?;
-    if buf.has_remaining() {
-        return Err(format!("{} bytes after the answer to API {}", buf.remaining(), R::KEY));
-    }
-    Ok(response)
+    let options = wire::RawClient::options("sluice-cluster-test", REQUEST_TIMEOUT, wire::MAX_RESPONSE_FRAME_BYTES);
+    let mut conn = Connection::connect_addr(addr, &options).map_err(|e| format!("connect {addr}: {e}"))?;
+    conn.call_at(request, version).map_err(|e| format!("API {} v{version} at {addr}: {e}", R::KEY))
 }
 
 pub fn send_signal(pid: libc::pid_t, sig: libc::c_int) {

@@ -354,53 +354,30 @@ pub fn unhex(text: &str) -> Vec<u8> {
 /// client library would: malformed frames, unsupported versions. Also the readiness probe.
 pub mod wire {
     use super::*;
+    use bytes::Bytes;
+    use kafka_protocol::messages::{ApiKey, ApiVersionsRequest};
+    use kafka_protocol::protocol::Request;
+    use sluice_client::{frame, ClientError, ConnectOptions, Connection};
 
-    pub const API_KEY_PRODUCE: i16 = 0;
-    pub const API_KEY_FETCH: i16 = 1;
-    pub const API_KEY_METADATA: i16 = 3;
-    pub const API_KEY_API_VERSIONS: i16 = 18;
-    pub const ERROR_UNSUPPORTED_VERSION: i16 = 35;
+    pub const API_KEY_PRODUCE: i16 = ApiKey::Produce as i16;
+    pub const API_KEY_FETCH: i16 = ApiKey::Fetch as i16;
+    pub const API_KEY_METADATA: i16 = ApiKey::Metadata as i16;
+    pub const API_KEY_API_VERSIONS: i16 = ApiKey::ApiVersions as i16;
+    pub const ERROR_UNSUPPORTED_VERSION: i16 = sluice_client::error_code::UNSUPPORTED_VERSION;
     /// Largest response frame these helpers accept: guards against reading garbage as a length.
     pub const MAX_RESPONSE_FRAME_BYTES: usize = 16 * 1024 * 1024;
+    /// Most bytes `wait_for_close` discards before it gives up on the peer closing.
+    const MAX_DISCARD_BYTES: usize = 1024 * 1024;
+    /// Names the broker in the client's error messages.
+    const PEER: &str = "the broker";
 
-    /// A size-prefixed request: header v1 (`flexible_header == false`) or v2 (adds an empty tagged-fields
-    /// section), then `body` as given.
-    pub fn request_frame(
-        api_key: i16,
-        api_version: i16,
-        correlation_id: i32,
-        client_id: &str,
-        flexible_header: bool,
-        body: &[u8],
-    ) -> Vec<u8> {
-        let mut payload = Vec::new();
-        payload.extend_from_slice(&api_key.to_be_bytes());
-        payload.extend_from_slice(&api_version.to_be_bytes());
-        payload.extend_from_slice(&correlation_id.to_be_bytes());
-        let client_id_len = i16::try_from(client_id.len()).expect("client id length");
-        payload.extend_from_slice(&client_id_len.to_be_bytes());
-        payload.extend_from_slice(client_id.as_bytes());
-        if flexible_header {
-            payload.push(0); // no tagged fields
-        }
-        payload.extend_from_slice(body);
-        let mut frame = u32::try_from(payload.len()).expect("frame length").to_be_bytes().to_vec();
-        frame.extend_from_slice(&payload);
-        frame
-    }
+    /// A size-prefixed request with a hand-made header (sluice-client's raw mode).
+    #[allow(unused_imports)] // not every test binary sends hand-made frames
+    pub use sluice_client::frame::raw_request as request_frame;
 
     /// Reads one size-prefixed frame and returns it without the size.
-    pub fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
-        let mut size = [0u8; 4];
-        stream.read_exact(&mut size)?;
-        let size = i32::from_be_bytes(size);
-        let size = usize::try_from(size)
-            .ok()
-            .filter(|&s| s <= MAX_RESPONSE_FRAME_BYTES)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("response frame size {size}")))?;
-        let mut frame = vec![0u8; size];
-        stream.read_exact(&mut frame)?;
-        Ok(frame)
+    pub fn read_frame(stream: &mut TcpStream) -> Result<Vec<u8>, ClientError> {
+        frame::read_frame(stream, MAX_RESPONSE_FRAME_BYTES, PEER).map(|f| f.to_vec())
     }
 
     /// An ApiVersions response decoded as version 0: `correlation_id`, `error_code`,
@@ -419,31 +396,15 @@ pub mod wire {
     }
 
     /// Decodes a v0 ApiVersions response frame (response header v0, then error_code and a non-compact
-    /// array), insisting that it has exactly that length: v0 has no throttle time and no tagged fields.
+    /// array), insisting that it is all there is: v0 has no throttle time and no tagged fields.
     pub fn parse_api_versions_v0(frame: &[u8]) -> Result<ApiVersionsV0, String> {
-        fn i16_at(b: &[u8], at: usize) -> i16 {
-            i16::from_be_bytes([b[at], b[at + 1]])
-        }
-        fn i32_at(b: &[u8], at: usize) -> i32 {
-            i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-        }
-        if frame.len() < 10 {
-            return Err(format!("ApiVersions v0 response too short: {} bytes", frame.len()));
-        }
-        let correlation_id = i32_at(frame, 0);
-        let error_code = i16_at(frame, 4);
-        let count = i32_at(frame, 6);
-        let count = usize::try_from(count).map_err(|_| format!("negative api_keys count {count}"))?;
-        let expected_len = 10 + 6 * count;
-        if frame.len() != expected_len {
-            return Err(format!(
-                "ApiVersions v0 response is {} bytes, expected {expected_len} for {count} api keys",
-                frame.len()
-            ));
-        }
-        let api_keys =
-            (0..count).map(|i| 10 + 6 * i).map(|at| (i16_at(frame, at), i16_at(frame, at + 2), i16_at(frame, at + 4)));
-        Ok(ApiVersionsV0 { correlation_id, error_code, api_keys: api_keys.collect() })
+        let correlation_id = frame::correlation_id_of(frame)
+            .ok_or_else(|| format!("ApiVersions v0 response too short: {} bytes", frame.len()))?;
+        let response =
+            frame::decode_response::<ApiVersionsRequest>(Bytes::copy_from_slice(frame), 0, correlation_id, PEER)
+                .map_err(|e| e.to_string())?;
+        let api_keys = response.api_keys.iter().map(|k| (k.api_key, k.min_version, k.max_version)).collect();
+        Ok(ApiVersionsV0 { correlation_id, error_code: response.error_code, api_keys })
     }
 
     /// Sends ApiVersions v0 on `stream` and decodes the answer; checks the correlation id.
@@ -465,43 +426,66 @@ pub mod wire {
     }
 
     /// A loopback connection with read and write timeouts set.
-    pub fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ClientError> {
+        frame::connect_stream(addr, timeout, &addr.to_string())
     }
 
     /// Waits until the peer closes `stream` (EOF or reset), reading and discarding whatever it sends
     /// first. Err if it is still open after `timeout`.
     pub fn wait_for_close(stream: &mut TcpStream, timeout: Duration) -> Result<(), String> {
-        const MAX_DISCARD_BYTES: usize = 1024 * 1024;
-        let deadline = Instant::now() + timeout;
-        let mut discarded = 0usize;
-        let mut buf = [0u8; 4096];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!("connection still open after {timeout:?} ({discarded} bytes received)"));
-            }
-            stream.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
-            match stream.read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => {
-                    discarded += n;
-                    if discarded > MAX_DISCARD_BYTES {
-                        return Err(format!("peer sent over {MAX_DISCARD_BYTES} bytes instead of closing"));
-                    }
-                }
-                Err(e) => match e.kind() {
-                    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe => {
-                        return Ok(())
-                    }
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => continue,
-                    _ => return Err(format!("read: {e}")),
-                },
-            }
+        frame::wait_for_close(stream, timeout, MAX_DISCARD_BYTES).map_err(|e| e.to_string())
+    }
+
+    /// One sluice-client connection at explicit versions (no ApiVersions first): requests may be
+    /// pipelined (`send` several, then `receive` their answers in order, as Kafka answers them). Any
+    /// failure panics with what went wrong.
+    pub struct RawClient {
+        pub conn: Connection,
+    }
+
+    impl RawClient {
+        pub fn options(client_id: &str, timeout: Duration, max_frame_bytes: usize) -> ConnectOptions {
+            ConnectOptions::new(client_id).io_timeout(timeout).max_frame_bytes(max_frame_bytes).fixed_versions()
+        }
+
+        pub fn open(addr: SocketAddr, client_id: &str, timeout: Duration, max_frame_bytes: usize) -> RawClient {
+            let options = RawClient::options(client_id, timeout, max_frame_bytes);
+            let conn = Connection::connect_addr(addr, &options).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+            RawClient { conn }
+        }
+
+        /// Over a socket set up by the caller.
+        pub fn from_stream(stream: TcpStream, client_id: &str, max_frame_bytes: usize) -> RawClient {
+            let options = ConnectOptions::new(client_id).max_frame_bytes(max_frame_bytes).fixed_versions();
+            let conn = Connection::from_stream(stream, PEER, &options).unwrap_or_else(|e| panic!("{e}"));
+            RawClient { conn }
+        }
+
+        /// Sends `request` and returns its correlation id.
+        pub fn send<R: Request>(&mut self, request: &R, version: i16) -> i32 {
+            self.conn.send_at(request, version).unwrap_or_else(|e| panic!("send API {} v{version}: {e}", R::KEY))
+        }
+
+        /// Reads the next answer, which must be the one to `correlation_id`, and decodes all of it.
+        pub fn receive<R: Request>(&mut self, correlation_id: i32, version: i16) -> R::Response {
+            self.conn
+                .receive_at::<R>(correlation_id, version)
+                .unwrap_or_else(|e| panic!("the answer to API {} v{version}: {e}", R::KEY))
+        }
+
+        pub fn call<R: Request>(&mut self, request: &R, version: i16) -> R::Response {
+            let correlation_id = self.send(request, version);
+            self.receive::<R>(correlation_id, version)
+        }
+
+        /// The frame of `request` with the next correlation id, not sent (to pipeline in one write).
+        pub fn frame<R: Request>(&mut self, request: &R, version: i16) -> Bytes {
+            let (_, frame) = self.conn.encode_next(request, version).unwrap_or_else(|e| panic!("{e}"));
+            frame
+        }
+
+        pub fn stream(&mut self) -> &mut TcpStream {
+            self.conn.stream_mut()
         }
     }
 }
@@ -695,33 +679,11 @@ pub mod fuzz;
 
 /// A RecordBatch v2 of `values`, uncompressed, without producer id or keys.
 pub fn plain_batch(values: &[String]) -> bytes::Bytes {
-    let records: Vec<kafka_protocol::records::Record> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| kafka_protocol::records::Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: kafka_protocol::records::TimestampType::Creation,
-            offset: i as i64,
-            // One batch (the encoder splits where offset - sequence changes), base sequence -1.
-            sequence: i as i32 - 1,
-            timestamp: now_ms(),
-            key: None,
-            value: Some(bytes::Bytes::from(v.clone())),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut buf = bytes::BytesMut::new();
-    let options = kafka_protocol::records::RecordEncodeOptions {
-        version: 2,
-        compression: kafka_protocol::records::Compression::None,
-    };
-    kafka_protocol::records::RecordBatchEncoder::encode(&mut buf, &records, &options).expect("encode record batch");
-    buf.freeze()
+    let mut batch = sluice_client::BatchBuilder::new(kafka_protocol::records::Compression::None);
+    for v in values {
+        batch.push(now_ms(), None, Some(bytes::Bytes::from(v.clone())));
+    }
+    batch.build().expect("encode record batch")
 }
 
 // ---------------------------------------------------------------------------------------------------
