@@ -7,8 +7,9 @@
 //! - `network`: Raft RPCs over TCP (CRC32C frames, bincode).
 //! - `node`: the control-plane thread and the handle other threads use.
 //!
-//! This module may not touch the data path: it owns its thread and its directory. Not wired into
-//! the broker yet (see docs/DESIGN-NOTES.md, "Cluster metadata on Raft").
+//! This module may not touch the data path: it owns its thread and its directory. What a broker
+//! does with the applied metadata (catalog sync, elections, ISR changes, admin commands) is the
+//! controller, `metadata/controller.rs`.
 
 mod disk;
 mod log_store;

@@ -1,10 +1,12 @@
-//! Replication between brokers. For now only the wire protocol followers and leaders speak over
-//! the replication listener: `messages` (what is said) and `wire` (how it is framed). Fetcher
-//! tasks, leader-side follower state, ISR and high-watermark logic come on top of it; the leader
-//! epochs themselves live in the storage engine (`sluice_io::EpochCache`, `Log::assign_epoch`).
+//! The replication protocol between brokers, without I/O: `messages` (what followers and leaders
+//! say), `wire` (how it is framed), and `progress` (the leader's view of each follower: fetch
+//! positions, ISR shrink/expand decisions, the high watermark as the ISR's smallest log end). The
+//! connections that carry it are in `replica/` (listener and fetchers); the leader epochs live
+//! in the storage engine (`sluice_io::EpochCache`, `Log::assign_epoch`); ISR changes are written
+//! through the cluster metadata by the controller (`metadata/controller.rs`).
 //!
-//! May touch: bytes and the message types only. No sockets, no runtime (glommio or other), no
-//! partition state: callers own the connection and decide what each message does.
+//! May touch: bytes, the message types and plain state. No sockets, no runtime (glommio or
+//! other), no partition: callers own the connection and the partition and apply what it decides.
 
 pub mod messages;
 pub mod progress;
