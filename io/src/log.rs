@@ -621,8 +621,18 @@ impl Log {
     /// `max_bytes`. Empty at the log end; `OffsetOutOfRange` outside `[start, end]`.
     pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<StoredBatch>> {
         let mut offset = offset;
+        let mut replaced = 0;
         loop {
-            let (out, segment_end) = self.read_one_segment(offset, max_bytes).await?;
+            let (out, segment_end) = match self.read_one_segment(offset, max_bytes).await {
+                // The sealed segment was deleted or rewritten while its file was being opened: the
+                // log's state has changed since, so the next attempt sees what replaced it (or
+                // that the offset is now below the log start).
+                Err(Error::SegmentFileReplaced { .. }) if replaced < MAX_REPLACED_FILE_RETRIES => {
+                    replaced += 1;
+                    continue;
+                }
+                other => other?,
+            };
             match segment_end {
                 // Everything from `offset` to the end of a sealed segment was compacted away: the
                 // next batch is in a later segment. Terminates: `offset` < `end` (asserted below).
@@ -671,11 +681,19 @@ impl Log {
             let rel = u32::try_from(offset - seg.base).unwrap_or(u32::MAX);
             let (_, pos) = seg.index.lookup_offset(rel);
             let sealed_end = (seg.next_offset < st.next_offset).then_some(seg.next_offset);
-            (seg.file.clone(), seg.path.clone(), u64::from(pos), seg.size, seg.base, sealed_end)
+            (seg.file_ref(), seg.path.clone(), u64::from(pos), seg.size, seg.base, sealed_end)
         };
         if start_pos >= limit {
             // An empty sealed segment (everything in it was compacted away).
             return Ok((Vec::new(), sealed_end));
+        }
+        // Held until the read ends: an eviction meanwhile only drops the cache's reference.
+        let key = file.key;
+        let file = file.open().await?;
+        if !sh.state.borrow().segments.get(&seg_base).is_some_and(|s| s.key == key) {
+            // The segment went while its file was being opened (retention, truncation, a rewrite):
+            // this read still uses it, but it must not stay in the cache.
+            drop(crate::file_cache::take(key));
         }
         let interval = sh.config.get().index_interval_bytes as usize;
         let want = ((limit - start_pos) as usize).min(interval + max_bytes.max(1) + 2 * HEADER_LEN);
@@ -781,6 +799,10 @@ impl Log {
     }
 }
 
+/// Attempts of one read whose sealed segment file was deleted or replaced while being opened (each
+/// one follows a change of the log's state, so more than a few in a row mean a damaged directory).
+const MAX_REPLACED_FILE_RETRIES: u32 = 8;
+
 /// File whose flock marks a log directory as open; a second `Log::open` of the same directory (in
 /// this process or another) fails instead of running two writers over the same files.
 pub const LOCK_FILE: &str = ".lock";
@@ -858,9 +880,11 @@ async fn writer_loop(sh: Rc<Shared>) {
     // cycle, which never comes if the executor ends), then release the directory lock, so a closed
     // log can be reopened at once, even while old handles are still around.
     let segments = std::mem::take(&mut sh.state.borrow_mut().segments);
-    for (_, seg) in segments {
-        if let Err(e) = seg.file.close_rc().await {
-            warn!(path = %seg.path.display(), error = %e, "closing segment file");
+    for (_, mut seg) in segments {
+        for file in [seg.file.take(), crate::file_cache::take(seg.key)].into_iter().flatten() {
+            if let Err(e) = file.close_rc().await {
+                warn!(path = %seg.path.display(), error = %e, "closing segment file");
+            }
         }
     }
     sh.lock.borrow_mut().take();
@@ -1036,7 +1060,7 @@ async fn write_group(
         let st = sh.state.borrow();
         let seg = st.segments.values().next_back().expect("a log always has an active segment");
         assert_eq!(seg.tail.len() as u64, seg.size - align_down(seg.size), "tail mirrors the partial block");
-        (seg.file.clone(), seg.path.clone(), align_down(seg.size), seg.tail.clone())
+        (seg.held_file().clone(), seg.path.clone(), align_down(seg.size), seg.tail.clone())
     };
     let total = tail.len() + group.iter().map(|p| p.header.frame_len()).sum::<usize>();
     let padded = align_up(total as u64) as usize;
@@ -1113,7 +1137,7 @@ async fn sync_active(sh: &Rc<Shared>) -> Result<()> {
             return Ok(());
         }
         let seg = st.segments.values().next_back().expect("active segment");
-        (seg.file.clone(), seg.path.clone())
+        (seg.held_file().clone(), seg.path.clone())
     };
     let since = Instant::now();
     let mut stats = sh.stats.get();
@@ -1151,7 +1175,15 @@ async fn roll_active(sh: &Rc<Shared>) -> Result<()> {
         if seg.is_empty() {
             return Ok(());
         }
-        (seg.file.clone(), seg.path.clone(), seg.base, seg.size, seg.next_offset, seg.index.clone(), seg.coverage())
+        (
+            seg.held_file().clone(),
+            seg.path.clone(),
+            seg.base,
+            seg.size,
+            seg.next_offset,
+            seg.index.clone(),
+            seg.coverage(),
+        )
     };
     let sealed = async {
         file.truncate(size).await.ctx(&path, "trimming sealed segment")?;
@@ -1167,7 +1199,7 @@ async fn roll_active(sh: &Rc<Shared>) -> Result<()> {
     let log_start = {
         let mut st = sh.state.borrow_mut();
         if let Some(old) = st.segments.get_mut(&base) {
-            old.tail = Vec::new();
+            old.seal();
         }
         st.segments.insert(next, new);
         st.dirty_since = None;
@@ -1264,6 +1296,18 @@ async fn truncate(sh: &Rc<Shared>, offset: u64) -> Result<()> {
     if offset <= start {
         return truncate_fully(sh, offset).await;
     }
+    // The segment holding `offset` becomes the active one: it holds its file open from here on.
+    let (cut_base, held, cut_path, inode) = {
+        let st = sh.state.borrow();
+        let (_, seg) = st.segments.range(..=offset).next_back().expect("offset is inside the log");
+        (seg.base, seg.file.clone(), seg.path.clone(), seg.inode)
+    };
+    if held.is_none() {
+        let file = Segment::reopen_for_writing(&cut_path, inode).await?;
+        if let Some(seg) = sh.state.borrow_mut().segments.get_mut(&cut_base) {
+            seg.hold(file);
+        }
+    }
     // Find the segment holding `offset` and the position of the batch containing it.
     let (base, file, path, from_pos, size, kept_max_ts) = {
         let st = sh.state.borrow();
@@ -1274,7 +1318,7 @@ async fn truncate(sh: &Rc<Shared>, offset: u64) -> Result<()> {
         // far including their own batch, which the cut may remove (an upper bound is safe for
         // retention and time lookup; an underestimate would not be).
         let kept = seg.index.times.iter().filter(|&&(_, r)| r <= entry_rel).map(|&(t, _)| t).max().unwrap_or(i64::MIN);
-        (seg.base, seg.file.clone(), seg.path.clone(), u64::from(pos), seg.size, kept)
+        (seg.base, seg.held_file().clone(), seg.path.clone(), u64::from(pos), seg.size, kept)
     };
     // Walk headers from the index entry to the batch containing `offset`.
     let mut pos = from_pos;
@@ -1357,7 +1401,7 @@ async fn reload_tail(sh: &Rc<Shared>, base: u64) -> Result<()> {
     let (file, path, size) = {
         let st = sh.state.borrow();
         let seg = &st.segments[&base];
-        (seg.file.clone(), seg.path.clone(), seg.size)
+        (seg.held_file().clone(), seg.path.clone(), seg.size)
     };
     let start = align_down(size);
     let len = (size - start) as usize;
@@ -1492,6 +1536,14 @@ async fn replace_segment(sh: &Rc<Shared>, mut rw: SegmentRewrite) -> Result<u64>
         }
         (st.segments.keys().next() == Some(&base), st.segments.range(..base).next_back().map(|(b, _)| *b))
     };
+    // Readers between the rename below and the swap in the state must go on reading the original:
+    // it holds its file open until it is swapped out (a reader opening it by path meanwhile would
+    // find the new inode, and retries).
+    let original = sh.state.borrow().segments[&base].file_ref();
+    let original = original.open().await?;
+    if let Some(s) = sh.state.borrow_mut().segments.get_mut(&base) {
+        s.hold(original);
+    }
     let mut seg = rw.seg.take().expect("a finished rewrite holds its segment");
     // Never leave the old index next to the new file: a crash from here on rebuilds it instead.
     remove_index_files(&sh.dir, base)?;
@@ -1514,15 +1566,17 @@ async fn replace_segment(sh: &Rc<Shared>, mut rw: SegmentRewrite) -> Result<u64>
         old
     } else {
         seg.first_timestamp = st.segments.get(&base).and_then(|s| s.first_timestamp);
+        // Sealed like any other: its file (the one just written) goes to the cache.
+        seg.seal();
         st.segments.insert(base, seg)
     };
     // The tail cache may still hold batches the rewrite dropped.
     st.cache.drop_before(rw.original.end_offset);
     drop(st);
-    if let Some(old) = old {
+    if let Some(file) = old.and_then(|mut old| old.file.take()) {
         // Closed once the last reader holding the old file is done with it.
         glommio::spawn_local(async move {
-            let _ = old.file.close_rc().await;
+            let _ = file.close_rc().await;
         })
         .detach();
     }
