@@ -70,8 +70,13 @@ pub struct BrokerConfig {
     /// `max_partitions_per_core` x cores are refused with INVALID_PARTITIONS.
     pub max_partitions_per_core: u32,
     /// File descriptors budgeted per partition when admitting new ones (a partition holds its lock
-    /// and every segment file open).
+    /// and its active segment's file open; sealed segments are opened through the per-core cache).
     pub descriptors_per_partition: u64,
+    /// Most files of sealed segments each core keeps open (least recently used closed first);
+    /// set aside once per core in the descriptor budget.
+    pub max_open_segment_files_per_core: usize,
+    /// A sealed segment's file unused for this long is closed.
+    pub segment_file_idle_close_ms: u64,
     /// File descriptors partitions may never use: kept for connections, listeners, io_uring rings
     /// and transient files.
     pub reserved_descriptors: u64,
@@ -322,7 +327,9 @@ impl Default for BrokerConfig {
             protected_topics: vec![crate::topics::CONSUMER_OFFSETS_TOPIC.to_string()],
             max_partitions_per_request: 10_000,
             max_partitions_per_core: 1000,
-            descriptors_per_partition: 4,
+            descriptors_per_partition: crate::topic_limits::DESCRIPTORS_HELD_PER_PARTITION,
+            max_open_segment_files_per_core: sluice_io::DEFAULT_MAX_OPEN_SEGMENT_FILES,
+            segment_file_idle_close_ms: sluice_io::DEFAULT_SEGMENT_FILE_IDLE_CLOSE_MS,
             reserved_descriptors: 1024,
             metrics_listen: None,
             metrics_publish_interval_ms: 1000,
@@ -402,9 +409,12 @@ impl BrokerConfig {
             self.offsets_topic_partitions
         );
         anyhow::ensure!(
-            self.descriptors_per_partition >= 2,
-            "descriptors_per_partition must be >= 2 (lock and segment)"
+            self.descriptors_per_partition >= crate::topic_limits::DESCRIPTORS_HELD_PER_PARTITION,
+            "descriptors_per_partition must be >= {} (lock and active segment)",
+            crate::topic_limits::DESCRIPTORS_HELD_PER_PARTITION
         );
+        anyhow::ensure!(self.max_open_segment_files_per_core >= 1, "max_open_segment_files_per_core must be >= 1");
+        anyhow::ensure!(self.segment_file_idle_close_ms >= 1, "segment_file_idle_close_ms must be >= 1");
         let r = &self.replication;
         anyhow::ensure!(r.default_replication_factor >= 1, "replication.default_replication_factor must be >= 1");
         anyhow::ensure!(r.min_insync_replicas >= 1, "replication.min_insync_replicas must be >= 1");
