@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 /// Default of `shutdown_timeout_ms`: the longest graceful shutdown (a cluster broker's controlled
 /// shutdown, 5 s, then the connection drain, 10 s) plus 5 s to flush and checkpoint the partitions.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 20_000;
+/// Default of `max_queued_answer_bytes_per_connection`: a few Fetch answers of librdkafka's default
+/// size (`fetch.max.bytes` 50 MiB is the most one answer holds; most are far smaller).
+pub const DEFAULT_MAX_QUEUED_ANSWER_BYTES_PER_CONNECTION: usize = 64 << 20;
 /// Smallest `shutdown_timeout_ms` accepted: below it every shutdown would end by the deadline.
 pub const MIN_SHUTDOWN_TIMEOUT_MS: u64 = 100;
 
@@ -41,6 +44,9 @@ pub struct BrokerConfig {
     pub max_connections_per_core: usize,
     /// Requests read from one connection and not yet answered.
     pub max_inflight_requests_per_connection: usize,
+    /// Bytes of answers computed and not yet written per connection: beyond it the connection reads
+    /// no further request, and its Fetches wait (one answer is always allowed).
+    pub max_queued_answer_bytes_per_connection: usize,
     /// A connection with no bytes moving and no request being handled for this long is closed
     /// (Kafka `connections.max.idle.ms`).
     pub connections_max_idle_ms: u64,
@@ -317,6 +323,7 @@ impl Default for BrokerConfig {
             max_message_bytes: 1_048_588,
             max_connections_per_core: 10_000,
             max_inflight_requests_per_connection: 32,
+            max_queued_answer_bytes_per_connection: DEFAULT_MAX_QUEUED_ANSWER_BYTES_PER_CONNECTION,
             connections_max_idle_ms: 600_000,
             queued_max_request_bytes: 256 << 20,
             max_fetch_wait_ms: 30_000,
@@ -385,6 +392,10 @@ impl BrokerConfig {
         );
         anyhow::ensure!(self.max_request_size_bytes >= 1024, "max_request_size_bytes must be >= 1024");
         anyhow::ensure!(self.max_inflight_requests_per_connection >= 1, "max_inflight_requests_per_connection >= 1");
+        anyhow::ensure!(
+            self.max_queued_answer_bytes_per_connection >= 1,
+            "max_queued_answer_bytes_per_connection must be >= 1"
+        );
         anyhow::ensure!(
             (1..=MAX_CONNECTIONS_MAX_IDLE_MS).contains(&self.connections_max_idle_ms),
             "connections_max_idle_ms must be in 1..={MAX_CONNECTIONS_MAX_IDLE_MS}"
