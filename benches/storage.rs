@@ -1,5 +1,6 @@
 //! Storage engine benchmarks: append throughput per batch size and durability policy, reads from the
-//! tail cache and from disk, index lookups, the CRC32C cost, and a raw O_DIRECT baseline of the same
+//! tail cache and from disk, a read from a sealed segment whose file is cached vs. one that must be
+//! opened first, index lookups, the CRC32C cost, and a raw O_DIRECT baseline of the same
 //! disk measured in the same run, so engine figures can be read as ratios to the hardware.
 //!
 //! Each log gets its own glommio executor, driven on the bench thread by `iter_custom`; only the
@@ -17,7 +18,10 @@ use criterion::measurement::WallTime;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use glommio::io::{DmaFile, OpenOptions};
 use glommio::{LocalExecutor, LocalExecutorBuilder, Placement};
-use sluice_io::{AppendBatch, BatchBytes, BatchHeader, Durability, Log, LogConfig};
+use sluice_io::{
+    segment_file_stats, set_segment_file_limits, AppendBatch, BatchBytes, BatchHeader, Durability, Log, LogConfig,
+    SegmentFileLimits,
+};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -552,5 +556,69 @@ fn bench_index(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_crc32c, bench_raw, bench_append, bench_read, bench_index);
+// ---------------------------------------------------------------------------------------------
+// Sealed segment reads: file cached vs. opened
+
+/// Segment size of the sealed-read log: 64 batches of `READ_BATCH_BYTES` per segment.
+const SEALED_SEGMENT_BYTES: u64 = MIB as u64;
+/// Sealed segments the reads cycle through (all fit in the cache of the `cached` case).
+const SEALED_SEGMENTS_READ: u64 = 8;
+
+/// A log of `SEALED_SEGMENTS_READ` + 1 segments of 16 KiB batches, reopened (tail cache empty,
+/// sealed files closed by recovery).
+fn sealed_fixture() -> LogFixture {
+    let config = LogConfig { segment_bytes: SEALED_SEGMENT_BYTES, ..read_config(0) };
+    let f = LogFixture::open("sealed", config);
+    let batches = (SEALED_SEGMENTS_READ + 1) * SEALED_SEGMENT_BYTES / READ_BATCH_BYTES as u64;
+    f.ex.run(fill(&f.log, batches, READ_BATCH_BYTES, 1));
+    let f = f.reopen();
+    assert!(f.log.segment_bases().len() as u64 > SEALED_SEGMENTS_READ, "enough sealed segments");
+    f
+}
+
+/// `iters` reads of one batch, each from the next of the first `SEALED_SEGMENTS_READ` segments
+/// (so with a cache of one file every read opens one). Checks how many files were opened.
+async fn timed_sealed_reads(log: &Log, turn: &Cell<u64>, iters: u64, opens_each: bool) -> Duration {
+    let bases = log.segment_bases();
+    let opens_before = segment_file_stats().opens;
+    let mut t = turn.get();
+    let start = Instant::now();
+    for _ in 0..iters {
+        let base = bases[(t % SEALED_SEGMENTS_READ) as usize];
+        let batches = log.read(base, 1).await.expect("read");
+        assert!(matches!(batches[0].payload, BatchBytes::Disk(_)), "from disk");
+        black_box(batches);
+        t += 1;
+    }
+    let elapsed = start.elapsed();
+    turn.set(t);
+    let opens = segment_file_stats().opens - opens_before;
+    if opens_each {
+        assert_eq!(opens, iters, "every read opened its segment's file");
+    } else {
+        assert!(opens <= SEALED_SEGMENTS_READ, "{opens} files opened: reads should hit the cache");
+    }
+    elapsed
+}
+
+fn bench_sealed_read(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sealed_read");
+    configure(&mut g);
+    g.throughput(Throughput::Elements(1));
+    let fixture = OnceCell::new();
+    let turn = Cell::new(0);
+    for (name, max_open_files) in [("cached", 64), ("open", 1)] {
+        g.bench_function(name, |b| {
+            let f = fixture.get_or_init(sealed_fixture);
+            set_segment_file_limits(SegmentFileLimits { max_open_files, idle_close_ms: 600_000 }).expect("limits");
+            b.iter_custom(|iters| f.ex.run(timed_sealed_reads(&f.log, &turn, iters, max_open_files == 1)))
+        });
+    }
+    g.finish();
+    if let Some(f) = fixture.into_inner() {
+        f.close();
+    }
+}
+
+criterion_group!(benches, bench_crc32c, bench_raw, bench_append, bench_read, bench_sealed_read, bench_index);
 criterion_main!(benches);

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 /// Default of `shutdown_timeout_ms`: the longest graceful shutdown (a cluster broker's controlled
 /// shutdown, 5 s, then the connection drain, 10 s) plus 5 s to flush and checkpoint the partitions.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 20_000;
+/// Default of `max_queued_answer_bytes_per_connection`: a few Fetch answers of librdkafka's default
+/// size (`fetch.max.bytes` 50 MiB is the most one answer holds; most are far smaller).
+pub const DEFAULT_MAX_QUEUED_ANSWER_BYTES_PER_CONNECTION: usize = 64 << 20;
 /// Smallest `shutdown_timeout_ms` accepted: below it every shutdown would end by the deadline.
 pub const MIN_SHUTDOWN_TIMEOUT_MS: u64 = 100;
 
@@ -41,6 +44,9 @@ pub struct BrokerConfig {
     pub max_connections_per_core: usize,
     /// Requests read from one connection and not yet answered.
     pub max_inflight_requests_per_connection: usize,
+    /// Bytes of answers computed and not yet written per connection: beyond it the connection reads
+    /// no further request, and its Fetches wait (one answer is always allowed).
+    pub max_queued_answer_bytes_per_connection: usize,
     /// A connection with no bytes moving and no request being handled for this long is closed
     /// (Kafka `connections.max.idle.ms`).
     pub connections_max_idle_ms: u64,
@@ -70,8 +76,13 @@ pub struct BrokerConfig {
     /// `max_partitions_per_core` x cores are refused with INVALID_PARTITIONS.
     pub max_partitions_per_core: u32,
     /// File descriptors budgeted per partition when admitting new ones (a partition holds its lock
-    /// and every segment file open).
+    /// and its active segment's file open; sealed segments are opened through the per-core cache).
     pub descriptors_per_partition: u64,
+    /// Most files of sealed segments each core keeps open (least recently used closed first);
+    /// set aside once per core in the descriptor budget.
+    pub max_open_segment_files_per_core: usize,
+    /// A sealed segment's file unused for this long is closed.
+    pub segment_file_idle_close_ms: u64,
     /// File descriptors partitions may never use: kept for connections, listeners, io_uring rings
     /// and transient files.
     pub reserved_descriptors: u64,
@@ -312,6 +323,7 @@ impl Default for BrokerConfig {
             max_message_bytes: 1_048_588,
             max_connections_per_core: 10_000,
             max_inflight_requests_per_connection: 32,
+            max_queued_answer_bytes_per_connection: DEFAULT_MAX_QUEUED_ANSWER_BYTES_PER_CONNECTION,
             connections_max_idle_ms: 600_000,
             queued_max_request_bytes: 256 << 20,
             max_fetch_wait_ms: 30_000,
@@ -322,7 +334,9 @@ impl Default for BrokerConfig {
             protected_topics: vec![crate::topics::CONSUMER_OFFSETS_TOPIC.to_string()],
             max_partitions_per_request: 10_000,
             max_partitions_per_core: 1000,
-            descriptors_per_partition: 4,
+            descriptors_per_partition: crate::topic_limits::DESCRIPTORS_HELD_PER_PARTITION,
+            max_open_segment_files_per_core: sluice_io::DEFAULT_MAX_OPEN_SEGMENT_FILES,
+            segment_file_idle_close_ms: sluice_io::DEFAULT_SEGMENT_FILE_IDLE_CLOSE_MS,
             reserved_descriptors: 1024,
             metrics_listen: None,
             metrics_publish_interval_ms: 1000,
@@ -379,6 +393,10 @@ impl BrokerConfig {
         anyhow::ensure!(self.max_request_size_bytes >= 1024, "max_request_size_bytes must be >= 1024");
         anyhow::ensure!(self.max_inflight_requests_per_connection >= 1, "max_inflight_requests_per_connection >= 1");
         anyhow::ensure!(
+            self.max_queued_answer_bytes_per_connection >= 1,
+            "max_queued_answer_bytes_per_connection must be >= 1"
+        );
+        anyhow::ensure!(
             (1..=MAX_CONNECTIONS_MAX_IDLE_MS).contains(&self.connections_max_idle_ms),
             "connections_max_idle_ms must be in 1..={MAX_CONNECTIONS_MAX_IDLE_MS}"
         );
@@ -402,9 +420,12 @@ impl BrokerConfig {
             self.offsets_topic_partitions
         );
         anyhow::ensure!(
-            self.descriptors_per_partition >= 2,
-            "descriptors_per_partition must be >= 2 (lock and segment)"
+            self.descriptors_per_partition >= crate::topic_limits::DESCRIPTORS_HELD_PER_PARTITION,
+            "descriptors_per_partition must be >= {} (lock and active segment)",
+            crate::topic_limits::DESCRIPTORS_HELD_PER_PARTITION
         );
+        anyhow::ensure!(self.max_open_segment_files_per_core >= 1, "max_open_segment_files_per_core must be >= 1");
+        anyhow::ensure!(self.segment_file_idle_close_ms >= 1, "segment_file_idle_close_ms must be >= 1");
         let r = &self.replication;
         anyhow::ensure!(r.default_replication_factor >= 1, "replication.default_replication_factor must be >= 1");
         anyhow::ensure!(r.min_insync_replicas >= 1, "replication.min_insync_replicas must be >= 1");

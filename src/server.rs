@@ -214,6 +214,13 @@ async fn core_main(
     ready: Arc<AtomicUsize>,
     startup: Arc<std::sync::Barrier>,
 ) -> anyhow::Result<()> {
+    // Before any partition opens: this core's cache of sealed segment files, sized against the
+    // descriptor limit as raised.
+    crate::topic_limits::raise_descriptor_limit();
+    sluice_io::set_segment_file_limits(sluice_io::SegmentFileLimits {
+        max_open_files: crate::topic_limits::segment_files_per_core(&config, cores as u64),
+        idle_close_ms: config.segment_file_idle_close_ms,
+    })?;
     let (req_tx, req_rx) = requests.join().await.map_err(|_| anyhow::anyhow!("joining the request mesh"))?;
     let (rep_tx, rep_rx) = replies.join().await.map_err(|_| anyhow::anyhow!("joining the reply mesh"))?;
     let shard = Shard::new(id, cores, config.clone(), table.clone(), req_tx, rep_tx, metrics, control.clone());

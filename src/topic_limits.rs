@@ -17,8 +17,10 @@ use tracing::{info, warn};
 use crate::config::{BrokerConfig, TopicSettings};
 use crate::topics::{self, is_internal};
 
-/// Descriptors a partition holds open besides its segment files: the directory lock.
-const DESCRIPTORS_PER_PARTITION_BASE: u64 = 1;
+/// Descriptors a partition holds open for as long as it is open: its directory lock and its
+/// active segment's file. Sealed segments' files are opened through the per-core cache of the
+/// storage engine, budgeted once per core (`max_open_segment_files_per_core`), not per partition.
+pub const DESCRIPTORS_HELD_PER_PARTITION: u64 = 2;
 /// Partition opens between two counts of `/proc/self/fd` (a count reads one entry per descriptor).
 const OPENS_BETWEEN_DESCRIPTOR_COUNTS: u32 = 32;
 
@@ -163,18 +165,42 @@ pub fn open_descriptors() -> Option<u64> {
     Some((dir.count() as u64).saturating_sub(1))
 }
 
-/// Descriptors the log in `dir` keeps open once opened: its lock and one per segment file (every
-/// segment, sealed or active, stays open in the storage engine), at least one segment.
-pub fn descriptors_of_partition_dir(dir: &Path) -> u64 {
-    let segments = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".log")))
-                .count() as u64
-        })
-        .unwrap_or(0);
-    DESCRIPTORS_PER_PARTITION_BASE + segments.max(1)
+/// Descriptors the log in `dir` keeps open once opened: its lock and its active segment, however
+/// many segments it has (recovery closes the sealed ones it scanned; reads open them through the
+/// per-core cache, whose descriptors are set aside once per core).
+pub fn descriptors_of_partition_dir(_dir: &Path) -> u64 {
+    DESCRIPTORS_HELD_PER_PARTITION
+}
+
+/// Cores the broker runs (`cores`, or every core of the machine).
+fn cores_of(config: &BrokerConfig) -> u64 {
+    config.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())) as u64
+}
+
+/// The caches of sealed segment files take at most 1/this of the descriptors left after
+/// `reserved_descriptors`: under a low limit they shrink rather than leave partitions no room.
+const SEGMENT_FILE_CACHES_SHARE_DIVISOR: u64 = 4;
+
+/// Files each core's cache of sealed segments may keep open: `max_open_segment_files_per_core`,
+/// or less when that many on every core would take more than their share of the descriptor
+/// limit; at least one.
+pub fn segment_files_per_core(config: &BrokerConfig, cores: u64) -> usize {
+    let configured = config.max_open_segment_files_per_core as u64;
+    let Some(limit) = descriptor_limit() else { return config.max_open_segment_files_per_core };
+    let share = limit.saturating_sub(config.reserved_descriptors) / SEGMENT_FILE_CACHES_SHARE_DIVISOR / cores.max(1);
+    configured.min(share).max(1) as usize
+}
+
+/// Descriptors set aside for the caches of sealed segment files: what each core's may hold, on
+/// each core.
+fn segment_file_caches(config: &BrokerConfig, cores: u64) -> u64 {
+    (segment_files_per_core(config, cores) as u64).saturating_mul(cores)
+}
+
+/// Descriptors open now that count against partitions and the reserve: everything but the files
+/// the segment caches hold (those are within their own share).
+fn open_outside_segment_caches() -> Option<u64> {
+    open_descriptors().map(|open| open.saturating_sub(sluice_io::open_segment_files_on_all_cores() as u64))
 }
 
 /// The partition limits of this broker, read once per admin request: the per-request and
@@ -195,6 +221,9 @@ struct DescriptorBudget {
     limit: u64,
     /// Kept for connections, listeners, io_uring rings and transient files (`reserved_descriptors`).
     reserved: u64,
+    /// Kept for the per-core caches of sealed segment files (`max_open_segment_files_per_core` x
+    /// cores).
+    segment_files: u64,
     /// Budgeted per partition (`descriptors_per_partition`).
     per_partition: u64,
     /// Open now (this broker only), plus what partitions admitted since then are budgeted at.
@@ -207,9 +236,10 @@ impl PartitionBudget {
         let descriptors = descriptor_limit().map(|limit| DescriptorBudget {
             limit,
             reserved: config.reserved_descriptors,
+            segment_files: segment_file_caches(config, cores as u64),
             per_partition: config.descriptors_per_partition,
             // Unreadable /proc: judge by the budgeted partitions alone.
-            open: open_descriptors().unwrap_or(0),
+            open: open_outside_segment_caches().unwrap_or(0),
         });
         PartitionBudget {
             max_per_request: u64::from(config.max_partitions_per_request),
@@ -261,7 +291,7 @@ impl PartitionBudget {
             ));
         }
         let Some(d) = self.descriptors.as_mut() else { return Ok(()) };
-        let usable = d.limit.saturating_sub(d.reserved);
+        let usable = d.limit.saturating_sub(d.reserved).saturating_sub(d.segment_files);
         let by_budget = total.saturating_mul(d.per_partition);
         let needed_now = if local { d.open.saturating_add(new.saturating_mul(d.per_partition)) } else { 0 };
         if by_budget > usable || needed_now > usable {
@@ -270,12 +300,14 @@ impl PartitionBudget {
                 format!(
                     "Broker {broker} has no file descriptors for {new} more partitions: {total} partitions x \
                      {} descriptors (descriptors_per_partition) with {} descriptors open now would exceed \
-                     the limit of {} (RLIMIT_NOFILE) less {} kept for connections (reserved_descriptors). \
+                     the limit of {} (RLIMIT_NOFILE) less {} kept for connections (reserved_descriptors) \
+                     and {} for the segment file caches (max_open_segment_files_per_core x cores). \
                      Raise LimitNOFILE (see `sluice tune`) or create fewer partitions.",
                     d.per_partition,
                     if local { d.open } else { 0 },
                     d.limit,
-                    d.reserved
+                    d.reserved,
+                    d.segment_files
                 ),
             ));
         }
@@ -300,6 +332,8 @@ static OPENS_SINCE_COUNT: AtomicU32 = AtomicU32::new(0);
 pub struct OpenGuard {
     limit: Option<u64>,
     reserved: u64,
+    /// Kept for the per-core caches of sealed segment files.
+    segment_files: u64,
 }
 
 impl OpenGuard {
@@ -308,7 +342,8 @@ impl OpenGuard {
         if limit.is_some() {
             recount();
         }
-        OpenGuard { limit, reserved: config.reserved_descriptors }
+        let segment_files = segment_file_caches(config, cores_of(config));
+        OpenGuard { limit, reserved: config.reserved_descriptors, segment_files }
     }
 
     /// Takes `needed` descriptors for a partition about to be opened, or says why not.
@@ -317,7 +352,7 @@ impl OpenGuard {
         if OPENS_SINCE_COUNT.fetch_add(1, Ordering::Relaxed) >= OPENS_BETWEEN_DESCRIPTOR_COUNTS {
             recount();
         }
-        let usable = limit.saturating_sub(self.reserved);
+        let usable = limit.saturating_sub(self.reserved).saturating_sub(self.segment_files);
         let taken = OPEN_DESCRIPTORS_ESTIMATE.fetch_add(needed, Ordering::Relaxed) + needed;
         if taken <= usable {
             return Ok(());
@@ -330,16 +365,18 @@ impl OpenGuard {
         }
         Err(format!(
             "not opened: it needs {needed} file descriptors, {open} are open and the limit is {limit} \
-             (RLIMIT_NOFILE) less {} kept for connections (reserved_descriptors); raise LimitNOFILE",
-            self.reserved
+             (RLIMIT_NOFILE) less {} kept for connections (reserved_descriptors) and {} for the segment \
+             file caches (max_open_segment_files_per_core x cores); raise LimitNOFILE",
+            self.reserved, self.segment_files
         ))
     }
 }
 
-/// Counts `/proc/self/fd` into the shared estimate; returns the count.
+/// Counts `/proc/self/fd` (less the segment caches' files) into the shared estimate; returns the
+/// count.
 fn recount() -> u64 {
     OPENS_SINCE_COUNT.store(0, Ordering::Relaxed);
-    match open_descriptors() {
+    match open_outside_segment_caches() {
         Some(open) => {
             OPEN_DESCRIPTORS_ESTIMATE.store(open, Ordering::Relaxed);
             open
@@ -357,7 +394,7 @@ mod tests {
             max_per_request: 100,
             max_per_core: 50,
             cores: 2,
-            descriptors: Some(DescriptorBudget { limit, reserved: 100, per_partition: 4, open }),
+            descriptors: Some(DescriptorBudget { limit, reserved: 100, segment_files: 0, per_partition: 4, open }),
         }
     }
 
@@ -399,5 +436,17 @@ mod tests {
         // Another broker: judged by the budgeted partitions only.
         assert!(b.admit(1, 0, 100, false).is_ok());
         assert!(b.admit(1, 100, 1, false).is_err());
+    }
+
+    #[test]
+    fn descriptor_budget_sets_the_segment_file_caches_aside() {
+        // 500 - 100 reserved - 2 cores x 50 cached segment files = 300 usable; 4 per partition.
+        let mut b = budget(500, 0);
+        b.descriptors.as_mut().unwrap().segment_files = 100;
+        assert!(b.admit(0, 0, 75, true).is_ok());
+        let (_, msg) = b.admit(0, 75, 1, true).unwrap_err();
+        assert!(msg.contains("max_open_segment_files_per_core"), "{msg}");
+        // A partition holds its lock and active segment, whatever its segment count.
+        assert_eq!(descriptors_of_partition_dir(Path::new("/nonexistent")), DESCRIPTORS_HELD_PER_PARTITION);
     }
 }

@@ -3,7 +3,9 @@
 //! committed offset; Metadata marks only Kafka's internal topics `is_internal`; partition counts
 //! are limited per request and per broker, refused before anything is created; creations that
 //! would exhaust the file-descriptor limit are refused with a clear error while the broker stays
-//! reachable; and a broker restarted with more partitions than descriptors still listens.
+//! reachable; a broker restarted with more partitions than descriptors still listens; and a
+//! partition with more segments than the broker has descriptors restarts and is read from offset 0
+//! (sealed segments are opened through a capped per-core cache, not held open).
 //!
 //! Each test starts the real broker binary and speaks raw Kafka requests to it.
 
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource as IncrementalResource, AlterableConfig as IncrementalConfig,
@@ -486,4 +488,135 @@ fn a_topic_whose_partition_cannot_be_opened_is_reported_and_taken_back() {
     }
     assert_eq!(partition_count(&broker, &other), Some(2));
     assert_eq!(produce(&broker, &other, 1), 0);
+}
+
+/// Reads `count` records of `topic`-0 from offset 0 with librdkafka (manual assignment, nothing
+/// committed); returns their offsets, or what it had when `timeout` ran out and the errors it saw.
+fn consume_from_start(bootstrap: &str, topic: &str, count: usize, timeout: Duration) -> Result<Vec<i64>, String> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::error::KafkaError;
+    use rdkafka::message::Message;
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("sluice-test-unused-{topic}"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "error")
+        .set("check.crcs", "true")
+        .create()
+        .expect("create rdkafka consumer");
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, 0, Offset::Offset(0)).expect("assignment entry");
+    consumer.assign(&assignment).expect("assign");
+    let mut offsets = Vec::new();
+    let mut errors = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while offsets.len() < count {
+        if Instant::now() > deadline {
+            errors.truncate(5);
+            return Err(format!("{} of {count} records after {timeout:?}; errors: {errors:?}", offsets.len()));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Ok(m)) => offsets.push(m.offset()),
+            Some(Err(e)) => errors.push(e.to_string()),
+        }
+    }
+    common::drop_within(consumer, Duration::from_secs(10), "rdkafka consumer");
+    Ok(offsets)
+}
+
+#[test]
+fn a_partition_with_more_segments_than_descriptors_restarts_and_is_read_from_offset_0() {
+    // One 3000-byte record per batch in 4 KiB segments: each batch seals a segment.
+    const BATCHES: usize = 420;
+    const VALUE_BYTES: usize = 3000;
+    const NOFILE: u32 = 320;
+    const CACHE_FILES_PER_CORE: u64 = 8;
+    const CORES: u64 = 2;
+    // Consumer and test connections, the cores' listeners and transient files beyond the count
+    // taken before the topic existed.
+    const SLACK_DESCRIPTORS: u64 = 16;
+    let config = format!(
+        "reserved_descriptors = 100\nmax_open_segment_files_per_core = {CACHE_FILES_PER_CORE}\n\
+         segment_file_idle_close_ms = 60000\n"
+    );
+    let mut broker = broker_with(&config);
+    let baseline = open_descriptors(broker_pid(broker.data_dir())) as u64;
+    let topic = unique_topic("segments");
+    let request = CreateTopicsRequest::default().with_timeout_ms(30_000).with_topics(vec![CreatableTopic::default()
+        .with_name(name(&topic))
+        .with_num_partitions(1)
+        .with_replication_factor(1)
+        .with_configs(vec![CreatableTopicConfig::default()
+            .with_name(s("segment.bytes"))
+            .with_value(Some(s("4096")))])]);
+    let answer = call(broker.addr(), &request, 5).expect("CreateTopics");
+    assert_eq!(answer.topics[0].error_code, 0, "{:?}", create_results(&answer));
+    let value = "x".repeat(VALUE_BYTES);
+    for i in 0..BATCHES {
+        let request = ProduceRequest::default().with_acks(1).with_timeout_ms(10_000).with_topic_data(vec![
+            TopicProduceData::default().with_name(name(&topic)).with_partition_data(vec![
+                PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(plain_batch(std::slice::from_ref(&value)))),
+            ]),
+        ]);
+        let response = call(broker.addr(), &request, 9).expect("Produce");
+        assert_eq!(response.responses[0].partition_responses[0].error_code, 0, "produce {i}");
+    }
+    broker.terminate();
+    let data_dir = broker.data_dir().to_path_buf();
+    let segments = fs::read_dir(data_dir.join(format!("{topic}-0")))
+        .expect("partition dir")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".log")))
+        .count();
+    assert!(segments > NOFILE as usize, "{segments} segments, more than the {NOFILE} descriptors");
+
+    // Restart with fewer descriptors than segments.
+    let dir = data_dir.parent().expect("broker dir").to_path_buf();
+    let config_path = dir.join("limited.toml");
+    fs::write(&config_path, &config).expect("write config");
+    let log_path = dir.join("limited.log");
+    let port = free_port();
+    let mut child = spawn_limited(&data_dir, port, &config_path, NOFILE, &log_path);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let ready = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Err(format!("exited: {status}"));
+        }
+        if common::wire::api_versions_v0_round_trip(addr, Duration::from_secs(2)).is_ok_and(|r| r.error_code == 0) {
+            break Ok(());
+        }
+        if Instant::now() > deadline {
+            break Err("not listening".to_string());
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let log_tail = || {
+        let log = fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    };
+    let consumed =
+        ready.and_then(|()| consume_from_start(&format!("127.0.0.1:{port}"), &topic, BATCHES, READY_TIMEOUT));
+    let pid = child.id() as i32;
+    let open_after = open_descriptors(pid) as u64;
+    // SAFETY: kill(2) on the prlimit child, which execs the broker (same pid).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = child.wait();
+    let offsets = consumed.unwrap_or_else(|e| panic!("broker under nofile {NOFILE}: {e}; log tail:\n{}", log_tail()));
+    assert_eq!(offsets, (0..BATCHES as i64).collect::<Vec<_>>(), "every record, in order, from offset 0");
+    let log = fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(!log.contains("partitions left closed"), "log tail:\n{}", log_tail());
+    // The partition holds its lock and active segment; reads hold at most the caches' files.
+    let bound = baseline + 2 + CORES * CACHE_FILES_PER_CORE + SLACK_DESCRIPTORS;
+    assert!(
+        open_after <= bound,
+        "{open_after} descriptors open after reading {segments} segments (at most {bound}: {baseline} before \
+         the topic, 2 for the partition, {CACHE_FILES_PER_CORE} cached files x {CORES} cores, {SLACK_DESCRIPTORS} slack)"
+    );
+    eprintln!("{segments} segments read under nofile {NOFILE}: {open_after} descriptors open (baseline {baseline}, bound {bound})");
 }

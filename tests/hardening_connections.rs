@@ -1,7 +1,9 @@
 //! Issue 13, the connection items: what a careless or hostile client can do to a connection must
 //! cost the broker a bounded amount, for a bounded time.
 //! - item 4: clients that pipeline large Fetches, never read, then disconnect release their
-//!   connection slot and memory at once (more attacks than slots; fresh clients still served).
+//!   connection slot and memory at once (more attacks than slots; fresh clients still served);
+//!   while such a client stays connected, the answers queued for it are bounded by
+//!   `max_queued_answer_bytes_per_connection`, and other clients are served meanwhile.
 //! - item 9a: a connection idle for `connections_max_idle_ms` is closed.
 //! - item 9b: half-sent large frames cannot take more than `queued_max_request_bytes` of memory.
 //! - item 9c / item 10: bad frames are logged at a bounded rate; a peer resetting its connection
@@ -238,8 +240,12 @@ fn dead_fetch_clients_release_their_slot_and_memory_at_once() {
     let toml = format!(
         "metrics_listen = \"{metrics_addr}\"\nmax_connections_per_core = {SLOTS}\n\
          max_inflight_requests_per_connection = {INFLIGHT}\nmax_message_bytes = {}\n\
-         connections_max_idle_ms = {STALL_IDLE_MS}\n",
-        32 << 20
+         connections_max_idle_ms = {STALL_IDLE_MS}\n\
+         max_queued_answer_bytes_per_connection = {}\n",
+        32 << 20,
+        // Large enough that every pipelined Fetch is answered and queued: this test is about
+        // releasing what a dead connection holds (the bound on it is tested below).
+        1 << 30
     );
     let mut broker = start(BrokerOptions { cores: 1, config_toml: Some(toml) });
     let pid = broker_pid(&broker);
@@ -306,6 +312,88 @@ fn dead_fetch_clients_release_their_slot_and_memory_at_once() {
     );
     let took = terminate_promptly(&mut broker);
     println!("SIGTERM after the attacks: exited in {took:?}");
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Item 4, continued: answers queued for a client that stopped reading.
+
+/// Answer bytes one connection may queue in the test below: a fifth of one large answer.
+const QUEUED_ANSWER_LIMIT_BYTES: usize = 4 << 20;
+/// Fetches the greedy client pipelines without reading (all within its in-flight window).
+const GREEDY_FETCHES: usize = 12;
+/// How long the greedy client is watched once its first answer is computed.
+const GREEDY_WATCH: Duration = Duration::from_secs(3);
+
+#[test]
+fn answers_queued_for_a_client_that_stopped_reading_are_bounded() {
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let toml = format!(
+        "metrics_listen = \"{metrics_addr}\"\nmax_message_bytes = {}\n\
+         max_queued_answer_bytes_per_connection = {QUEUED_ANSWER_LIMIT_BYTES}\n",
+        32 << 20
+    );
+    let mut broker = start(BrokerOptions { cores: 1, config_toml: Some(toml) });
+    let pid = broker_pid(&broker);
+    let topic = unique_topic("greedy");
+    let max_bytes = i32::try_from(MAX_ANSWER_BYTES).expect("fits");
+    let fetched = |client: &mut RawClient| {
+        let response = client.call(&fetch_request(&topic, max_bytes), FETCH_VERSION);
+        response.responses[0].partitions[0].records.as_ref().map_or(0, |r| r.len())
+    };
+    {
+        let mut client = RawClient::connect(&broker);
+        create_topic(&mut client, &topic, &[("max.message.bytes", &(32 << 20).to_string())]);
+        produce(&mut client, &topic, plain_batch(&["x".repeat(LARGE_RECORD_BYTES)]));
+        // Larger than the limit: one answer is always allowed.
+        assert!(fetched(&mut client) > LARGE_RECORD_BYTES, "a fetch returns the large record");
+    }
+    wait_until("the setup connection to close", RELEASE_TIMEOUT, || metric(&metrics_addr, "sluice_connections") == 0.0);
+    let rss_before = rss_kib(pid);
+    let handled = || metric_sum(&scrape(&metrics_addr), "sluice_requests_total", "api=\"Fetch\"");
+    let handled_before = handled();
+
+    let mut greedy = RawClient::connect(&broker);
+    let mut pipelined = Vec::new();
+    for _ in 0..GREEDY_FETCHES {
+        pipelined.extend_from_slice(&greedy.frame(&fetch_request(&topic, max_bytes), FETCH_VERSION));
+    }
+    greedy.stream.write_all(&pipelined).expect("pipeline fetches");
+    wait_until("the first greedy fetch to be answered", RAW_IO_TIMEOUT, || handled() > handled_before);
+    // Its writer is stuck on the first 20 MiB answer: no further Fetch of it may run meanwhile.
+    let watch = Instant::now();
+    let (mut most_handled, mut rss_peak) = (0.0f64, rss_before);
+    while watch.elapsed() < GREEDY_WATCH {
+        most_handled = most_handled.max(handled() - handled_before);
+        rss_peak = rss_peak.max(rss_kib(pid));
+        thread::sleep(POLL);
+    }
+    // Other clients are served meanwhile, large answers included.
+    api_versions_ok(&broker).expect("another client during the stall");
+    let mut other = RawClient::connect(&broker);
+    assert!(fetched(&mut other) > LARGE_RECORD_BYTES, "another client fetches the large record");
+    drop(other);
+    most_handled = most_handled.max(handled() - handled_before - 1.0);
+    println!(
+        "greedy client: {GREEDY_FETCHES} fetches pipelined, {most_handled} answered while it did not read; \
+         VmRSS before {} MiB, peak {} MiB",
+        rss_before >> 10,
+        rss_peak >> 10
+    );
+    assert!(most_handled <= 1.0, "{most_handled} of the greedy client's fetches answered while it did not read");
+    let held_kib = rss_peak.saturating_sub(rss_before);
+    let bound_kib = ((2 * LARGE_RECORD_BYTES + QUEUED_ANSWER_LIMIT_BYTES) >> 10) as u64;
+    assert!(held_kib <= bound_kib, "the greedy client held {} MiB (bound {} MiB)", held_kib >> 10, bound_kib >> 10);
+
+    // Gone: its connection and answers are released at once.
+    drop(greedy);
+    wait_until("the greedy connection to close", RELEASE_TIMEOUT, || {
+        metric(&metrics_addr, "sluice_connections") == 0.0
+    });
+    let released = wait_until("VmRSS to return near its level before", RELEASE_TIMEOUT, || {
+        rss_kib(pid) <= rss_before + (LARGE_RECORD_BYTES as u64 >> 11)
+    });
+    println!("after the greedy client left: VmRSS {} MiB within {released:?}", rss_kib(pid) >> 10);
+    terminate_promptly(&mut broker);
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -79,6 +79,11 @@ pub enum Error {
     /// The log was closed.
     #[error("log {path} is closed")]
     Closed { path: PathBuf },
+
+    /// A sealed segment's file was deleted (retention, truncation) or replaced (compaction) while a
+    /// read was opening it; the log retries the read against its new state.
+    #[error("segment file {path} was deleted or replaced while being opened")]
+    SegmentFileReplaced { path: PathBuf },
 }
 
 impl Error {

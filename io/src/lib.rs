@@ -15,6 +15,7 @@ mod config;
 mod dio;
 mod epochs;
 mod error;
+mod file_cache;
 pub mod framed_file;
 mod index;
 pub mod latency;
@@ -28,6 +29,10 @@ pub use checkpoint::{LogCheckpoint, CHECKPOINT_FILE};
 pub use config::{Durability, LogConfig, MAX_SEGMENT_BYTES};
 pub use epochs::{EpochCache, EpochEntry, EPOCH_CHECKPOINT_FILE};
 pub use error::{Error, Result};
+pub use file_cache::{
+    open_segment_files_on_all_cores, segment_file_limits, segment_file_stats, set_segment_file_limits,
+    SegmentFileLimits, SegmentFileStats, DEFAULT_MAX_OPEN_SEGMENT_FILES, DEFAULT_SEGMENT_FILE_IDLE_CLOSE_MS,
+};
 pub use log::{Admission, AppendBatch, Appended, BatchBytes, Log, LogStats, StoredBatch, LOCK_FILE};
 pub use recovery::{RecoveryReport, Truncation};
 pub use rewrite::{SealedSegment, SegmentRewrite, REWRITE_BUFFER_BYTES, REWRITE_SUFFIX};

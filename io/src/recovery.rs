@@ -154,8 +154,8 @@ pub(crate) async fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered>
         assert_eq!(outcome.end, seg.size, "scan stops at a frame boundary");
         if let Some(reason) = outcome.problem {
             warn!(segment = base, position = outcome.end, %reason, "cutting the log at the first bad batch");
-            seg.file.truncate(outcome.end).await.ctx(&path, "cutting segment")?;
-            seg.file.fdatasync().await.ctx(&path, "syncing cut segment")?;
+            seg.held_file().truncate(outcome.end).await.ctx(&path, "cutting segment")?;
+            seg.held_file().fdatasync().await.ctx(&path, "syncing cut segment")?;
             report.truncation =
                 Some(Truncation { segment_base: base, position: outcome.end, next_offset: seg.next_offset, reason });
             cut = true;
@@ -164,6 +164,13 @@ pub(crate) async fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered>
         if !is_last && !cut && (rebuilt || (trusted_size.is_none() && seg.size > before)) {
             // A sealed segment verified or re-indexed now: persist its index so the next open is fast.
             seg.index.persist(dir, base, &seg.coverage()).await?;
+        }
+        if !is_last && !cut {
+            // Sealed: closed now, opened again through the per-core cache when read. A log with
+            // thousands of segments must not hold thousands of descriptors after recovery.
+            if let Some(f) = seg.file.take() {
+                f.close_rc().await.ctx(&path, "closing recovered segment")?;
+            }
         }
         segments.insert(base, seg);
     }
@@ -177,8 +184,13 @@ pub(crate) async fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered>
         sync_dir(dir).await?;
         segments.insert(ckpt_start, seg);
     }
-    // The newest segment takes appends: it needs its partial last block in memory.
+    // The newest segment takes appends: it holds its file open (reopened when segments after it
+    // were cut) and needs its partial last block in memory.
     if let Some(active) = segments.values_mut().next_back() {
+        if active.file.is_none() {
+            let file = Segment::reopen_for_writing(&active.path, active.inode).await?;
+            active.hold(file);
+        }
         active.load_tail().await?;
     }
     let first = segments.values().next().map(|s| s.base).unwrap_or(0);
@@ -191,7 +203,7 @@ pub(crate) async fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered>
 }
 
 async fn first_timestamp(seg: &Segment) -> Result<i64> {
-    let r = Segment::read_exact(&seg.file, &seg.path, 0, crate::batch::HEADER_LEN).await?;
+    let r = Segment::read_exact(seg.held_file(), &seg.path, 0, crate::batch::HEADER_LEN).await?;
     crate::batch::BatchHeader::decode(&r).map(|h| h.max_timestamp).ok_or_else(|| Error::CorruptSegment {
         path: seg.path.clone(),
         position: 0,

@@ -147,7 +147,7 @@ impl SegmentRewrite {
         if len == 0 {
             return Ok(());
         }
-        let file = self.seg().file.clone();
+        let file = self.seg().held_file().clone();
         let mut buf = file.alloc_dma_buffer(len);
         let have = len.min(self.pending.len());
         buf.as_bytes_mut()[..have].copy_from_slice(&self.pending[..have]);
@@ -170,7 +170,7 @@ impl SegmentRewrite {
         let len = align_up(self.pending.len() as u64) as usize;
         self.write_pending(len).await?;
         assert!(self.pending.is_empty());
-        let (file, size) = (self.seg().file.clone(), self.seg().size);
+        let (file, size) = (self.seg().held_file().clone(), self.seg().size);
         file.truncate(size).await.ctx(&self.temp_path, "trimming rewritten segment")?;
         file.fdatasync().await.ctx(&self.temp_path, "syncing rewritten segment")?;
         self.finished = true;

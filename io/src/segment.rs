@@ -9,6 +9,7 @@ use glommio::io::{DmaFile, OpenOptions, ReadResult};
 
 use crate::batch::{check_frame, BatchHeader, FrameProblem, HEADER_LEN};
 use crate::error::{Error, GlommioResultExt, Result};
+use crate::file_cache::{self, FileKey};
 use crate::index::{segment_path, Coverage, SegmentIndex};
 
 /// O_DIRECT block size used for every write (a multiple of any device's logical block size).
@@ -28,7 +29,14 @@ pub(crate) fn align_up(v: u64) -> u64 {
 pub(crate) struct Segment {
     pub base: u64,
     pub path: PathBuf,
-    pub file: Rc<DmaFile>,
+    /// Open while this is the active segment (or a rewrite being written, or a segment recovery is
+    /// scanning); `None` once sealed: reads then go through the per-core cache (`file_cache`).
+    pub file: Option<Rc<DmaFile>>,
+    /// This segment's entry in the per-core cache of sealed segment files.
+    pub key: FileKey,
+    /// Inode of the file: a file found at `path` with another one is not this segment's (a
+    /// compaction rewrite renamed a new file over it).
+    pub inode: u64,
     /// Bytes of whole frames: everything below is readable, nothing at or above is.
     pub size: u64,
     /// Offset following the last batch (== base when empty).
@@ -67,7 +75,9 @@ impl Segment {
         Segment {
             base,
             path,
-            file: Rc::new(file),
+            inode: file.inode(),
+            file: Some(Rc::new(file)),
+            key: file_cache::new_key(),
             size: 0,
             next_offset: base,
             max_timestamp: i64::MIN,
@@ -75,6 +85,42 @@ impl Segment {
             index: SegmentIndex::default(),
             tail: Vec::new(),
         }
+    }
+
+    /// The file of a segment that holds it open: the active one, a rewrite, or one being recovered.
+    pub(crate) fn held_file(&self) -> &Rc<DmaFile> {
+        self.file.as_ref().expect("the active segment (or one being written or recovered) holds its file open")
+    }
+
+    /// What a reader needs to get this segment's file without borrowing the log's state.
+    pub(crate) fn file_ref(&self) -> SegmentFileRef {
+        SegmentFileRef { key: self.key, path: self.path.clone(), inode: self.inode, held: self.file.clone() }
+    }
+
+    /// This segment stops being the active one: its file moves to the per-core cache (the next
+    /// reader is likely near), which closes it when it needs the room or it stays unused.
+    pub(crate) fn seal(&mut self) {
+        self.tail = Vec::new();
+        if let Some(file) = self.file.take() {
+            file_cache::adopt(self.key, file);
+        }
+    }
+
+    /// Opens a sealed segment's file for writing (truncation or recovery makes it the active one
+    /// again), checking that the file at `path` is still the segment's (`inode`).
+    pub(crate) async fn reopen_for_writing(path: &Path, inode: u64) -> Result<Rc<DmaFile>> {
+        let file = Rc::new(Self::open_file(path, false).await?);
+        if file.inode() != inode {
+            let _ = file.close_rc().await;
+            return Err(Error::SegmentFileReplaced { path: path.to_path_buf() });
+        }
+        Ok(file)
+    }
+
+    /// Holds `file` open as the active segment's (the cache's copy, if any, goes).
+    pub(crate) fn hold(&mut self, file: Rc<DmaFile>) {
+        drop(file_cache::take(self.key));
+        self.file = Some(file);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -104,7 +150,7 @@ impl Segment {
         let len = (self.size - start) as usize;
         self.tail.clear();
         if len > 0 {
-            let r = self.file.read_at(start, len).await.ctx(&self.path, "reading tail block")?;
+            let r = self.held_file().read_at(start, len).await.ctx(&self.path, "reading tail block")?;
             if r.len() != len {
                 return Err(Error::CorruptSegment {
                     path: self.path.clone(),
@@ -131,6 +177,32 @@ impl Segment {
     }
 }
 
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // Gone from the log (deleted, truncated away, replaced, closed): its cached file goes too.
+        // A read in flight keeps its own reference.
+        drop(file_cache::take(self.key));
+    }
+}
+
+/// A segment's file as a reader sees it: held open by the segment, or to get from the cache.
+pub(crate) struct SegmentFileRef {
+    pub key: FileKey,
+    pub path: PathBuf,
+    inode: u64,
+    held: Option<Rc<DmaFile>>,
+}
+
+impl SegmentFileRef {
+    /// The open file: the segment's own, or the cached one (opened now if needed).
+    pub(crate) async fn open(&self) -> Result<Rc<DmaFile>> {
+        match &self.held {
+            Some(f) => Ok(f.clone()),
+            None => file_cache::get(self.key, &self.path, self.inode).await,
+        }
+    }
+}
+
 /// What a recovery scan found.
 #[derive(Debug)]
 pub(crate) struct ScanOutcome {
@@ -152,7 +224,7 @@ pub(crate) async fn scan(seg: &mut Segment, file_size: u64, interval: u64) -> Re
             return Ok(ScanOutcome { end: pos, problem: None, batches });
         }
         let want = (file_size - pos).min(SCAN_CHUNK_BYTES as u64) as usize;
-        let chunk = seg.file.read_at(pos, want).await.ctx(&seg.path, "scanning segment")?;
+        let chunk = seg.held_file().read_at(pos, want).await.ctx(&seg.path, "scanning segment")?;
         let mut at = 0usize;
         let mut progressed = false;
         loop {
@@ -172,7 +244,7 @@ pub(crate) async fn scan(seg: &mut Segment, file_size: u64, interval: u64) -> Re
                         if need as u64 > rest_of_file {
                             return Ok(torn(abs, batches));
                         }
-                        let big = Segment::read_exact(&seg.file, &seg.path, abs, need).await?;
+                        let big = Segment::read_exact(seg.held_file(), &seg.path, abs, need).await?;
                         match check_frame(&big, seg.next_offset) {
                             Ok(h) => {
                                 seg.on_frame(&h, abs, interval);
@@ -214,7 +286,7 @@ async fn tail_has_data(seg: &Segment, from: u64, file_size: u64) -> Result<bool>
     let mut pos = from;
     while pos < file_size {
         let want = (file_size - pos).min(SCAN_CHUNK_BYTES as u64) as usize;
-        let r = seg.file.read_at(pos, want).await.ctx(&seg.path, "scanning segment tail")?;
+        let r = seg.held_file().read_at(pos, want).await.ctx(&seg.path, "scanning segment tail")?;
         if r.is_empty() {
             break;
         }

@@ -9,6 +9,14 @@
 //! `RequestMemory` (`queued_max_request_bytes`): when that is used up, connections stop reading
 //! (the peers' TCP windows fill) until handlers finish and give bytes back.
 //!
+//! Answers computed and not yet written are bounded per connection too
+//! (`max_queued_answer_bytes_per_connection`), as Kafka mutes a channel until its answer is sent:
+//! while they exceed the limit the reader reads no further request, and the connection's Fetches
+//! start one at a time, in request order, each when the queued answers are within the limit or
+//! when every earlier answer is written (so one answer is always allowed, however large, and an
+//! answer waiting to start never waits for answers behind it). So a client that pipelines large Fetches and never reads holds about
+//! the limit plus one Fetch answer, not `max_inflight_requests_per_connection` of them.
+//!
 //! This module touches the socket, the core's request memory and the metrics; requests are
 //! dispatched by `super::handle_frame` and never look at the connection.
 
@@ -38,6 +46,8 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 const COALESCE_BYTES: usize = 64 * 1024;
 /// Smallest frame: api key, api version, correlation id.
 const MIN_FRAME_BYTES: usize = 8;
+/// Kafka's Fetch API key: the request whose answer can be as large as the client asks.
+const FETCH_API_KEY: i16 = 1;
 
 /// The bytes of requests being received or handled on one core, bounded by
 /// `queued_max_request_bytes` (Kafka `queued.max.request.bytes`). A request's announced size is
@@ -98,6 +108,16 @@ struct ConnectionState {
     /// The connection is over: the writer ended or it was idle too long. Both sides stop.
     aborted: Cell<bool>,
     abort: Event,
+    /// Bytes of answers computed and not yet written (`max_queued_answer_bytes_per_connection`).
+    queued_answer_bytes: Cell<usize>,
+    /// The Fetch (by its number among the connection's Fetches) that may start next; a Fetch
+    /// moves it on when it ends, so Fetches run one at a time, in request order.
+    next_fetch: Cell<u64>,
+    /// Answers the writer is done with (written, silent or dropped): the number of the request
+    /// (counting every request of the connection) whose answer it waits for.
+    answers_done: Cell<u64>,
+    /// Notified when queued answers are written (or dropped) and when a Fetch handler ends.
+    answer_room: Event,
 }
 
 impl ConnectionState {
@@ -107,7 +127,37 @@ impl ConnectionState {
             busy: Cell::new(0),
             aborted: Cell::new(false),
             abort: Event::new(),
+            queued_answer_bytes: Cell::new(0),
+            next_fetch: Cell::new(0),
+            answers_done: Cell::new(0),
+            answer_room: Event::new(),
         })
+    }
+
+    /// Queued answers are within `limit`; for a Fetch (`Some((its number among the Fetches, its
+    /// number among all requests))`), also: it is the next Fetch, and the answers are within the
+    /// limit or its own is the one the writer waits for.
+    fn answer_room_now(&self, limit: usize, fetch: Option<(u64, u64)>) -> bool {
+        let within = self.queued_answer_bytes.get() <= limit;
+        match fetch {
+            None => within,
+            Some((fetch, request)) => fetch == self.next_fetch.get() && (within || request == self.answers_done.get()),
+        }
+    }
+
+    /// Returns once [`Self::answer_room_now`] holds. Not busy meanwhile: a client that stopped
+    /// reading leaves its connection idle, and the idle timeout closes it.
+    async fn wait_answer_room(&self, limit: usize, fetch: Option<(u64, u64)>) {
+        loop {
+            if self.answer_room_now(limit, fetch) {
+                return;
+            }
+            let listener = self.answer_room.listen();
+            if self.answer_room_now(limit, fetch) {
+                return;
+            }
+            listener.await;
+        }
     }
 
     fn touch(&self) {
@@ -158,6 +208,43 @@ impl ConnectionState {
         }
     }
 }
+
+/// An answer counted in `queued_answer_bytes` until it is written or dropped.
+struct QueuedAnswer {
+    state: Rc<ConnectionState>,
+    bytes: usize,
+}
+
+impl QueuedAnswer {
+    fn new(state: &Rc<ConnectionState>, bytes: usize) -> QueuedAnswer {
+        state.queued_answer_bytes.set(state.queued_answer_bytes.get() + bytes);
+        QueuedAnswer { state: state.clone(), bytes }
+    }
+}
+
+impl Drop for QueuedAnswer {
+    fn drop(&mut self) {
+        let queued = self.state.queued_answer_bytes.get();
+        assert!(queued >= self.bytes, "queued answer bytes given back twice: {queued} < {}", self.bytes);
+        self.state.queued_answer_bytes.set(queued - self.bytes);
+        self.state.answer_room.notify(usize::MAX);
+    }
+}
+
+/// The one Fetch of a connection allowed to run (number `.1` among its Fetches); the next may
+/// start when it is dropped.
+struct FetchTurn(Rc<ConnectionState>, u64);
+
+impl Drop for FetchTurn {
+    fn drop(&mut self) {
+        assert_eq!(self.0.next_fetch.get(), self.1, "the connection's Fetches run one at a time, in order");
+        self.0.next_fetch.set(self.1 + 1);
+        self.0.answer_room.notify(usize::MAX);
+    }
+}
+
+/// What a handler task hands the writer: the outcome, and its bytes counted as queued.
+type Answer = (Outcome, Option<QueuedAnswer>);
 
 struct BusyGuard(Rc<ConnectionState>);
 
@@ -274,7 +361,8 @@ pub async fn serve_connection(shard: Rc<Shard>, stream: TcpStream, memory: Rc<Re
     let (reader, writer) = futures_lite::io::split(stream);
     let reader = Metered { inner: reader, state: state.clone() };
     let writer = Metered { inner: writer, state: state.clone() };
-    let (tx, rx) = local_channel::new_bounded::<JoinHandle<Outcome>>(shard.config.max_inflight_requests_per_connection);
+    let (tx, rx) =
+        local_channel::new_bounded::<JoinHandle<Option<Answer>>>(shard.config.max_inflight_requests_per_connection);
     let writer_task =
         glommio::spawn_local(write_answers(shard.clone(), state.clone(), rx, writer, peer.clone())).detach();
 
@@ -303,11 +391,18 @@ async fn read_requests(
     state: &Rc<ConnectionState>,
     memory: &Rc<RequestMemory>,
     mut reader: Metered<futures_lite::io::ReadHalf<TcpStream>>,
-    tx: LocalSender<JoinHandle<Outcome>>,
+    tx: LocalSender<JoinHandle<Option<Answer>>>,
     peer: &str,
 ) {
     let max = shard.config.max_request_size_bytes;
+    let answer_limit = shard.config.max_queued_answer_bytes_per_connection;
+    // Requests and Fetches read so far (numbers of the next ones).
+    let (mut requests, mut fetches) = (0u64, 0u64);
     loop {
+        // Muted while the answers already computed exceed the limit: the client must read first.
+        if until_stopped(shard, state, state.wait_answer_room(answer_limit, None)).await.is_none() {
+            return;
+        }
         let size = match until_stopped(shard, state, read_size(&mut reader, max)).await {
             None => return,
             Some(Ok(size)) => size,
@@ -332,18 +427,38 @@ async fn read_requests(
             }
         };
         shard.metrics.bytes_in.fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
-        let (s, p, busy) = (shard.clone(), peer.to_string(), state.busy());
+        // read_size guarantees at least 8 bytes (key, version, correlation id).
+        let key = i16::from_be_bytes([frame[0], frame[1]]);
+        let fetch = (key == FETCH_API_KEY).then(|| {
+            fetches += 1;
+            (fetches - 1, requests)
+        });
+        requests += 1;
+        let (s, p, st) = (shard.clone(), peer.to_string(), state.clone());
         let task = glommio::spawn_local(async move {
+            let turn = match fetch {
+                Some((number, _)) => {
+                    // Its answer may be as large as the client asks: one at a time, within the limit.
+                    st.unless_aborted(st.wait_answer_room(answer_limit, fetch)).await?;
+                    Some(FetchTurn(st.clone(), number))
+                }
+                None => None,
+            };
+            let busy = st.busy();
             let began = Instant::now();
-            // read_size guarantees at least 8 bytes (key, version, correlation id).
-            let key = i16::from_be_bytes([frame[0], frame[1]]);
             let outcome = handle_frame(&s, frame, &p).await;
             s.metrics.record_request(key, began.elapsed(), matches!(outcome, Outcome::Close(_)));
             // The request's bytes (the frame and what the decoder cut from it) are dropped by now,
             // except slices a handler kept on purpose; give the reservation back.
             drop(reserved);
+            let queued = match &outcome {
+                Outcome::Respond(chunks) => Some(QueuedAnswer::new(&st, chunks.iter().map(|c| c.len()).sum())),
+                Outcome::Silent | Outcome::Close(_) => None,
+            };
+            // Counted before the next Fetch may start.
+            drop(turn);
             drop(busy);
-            outcome
+            Some((outcome, queued))
         })
         .detach();
         // Only an abort stops this wait: the writer is alive otherwise and makes room. A writer that
@@ -376,7 +491,7 @@ fn log_frame_error(e: FrameError, peer: &str) {
 async fn write_answers(
     shard: Rc<Shard>,
     state: Rc<ConnectionState>,
-    rx: LocalReceiver<JoinHandle<Outcome>>,
+    rx: LocalReceiver<JoinHandle<Option<Answer>>>,
     mut writer: Metered<futures_lite::io::WriteHalf<TcpStream>>,
     peer: String,
 ) {
@@ -390,9 +505,10 @@ async fn write_answers(
             }
             None => break,
         };
-        match state.unless_aborted(handle).await {
+        // A handler whose Fetch was aborted before it started answers nothing (`None`).
+        match state.unless_aborted(handle).await.map(Option::flatten) {
             None => break,
-            Some(Some(Outcome::Respond(chunks))) => {
+            Some(Some((Outcome::Respond(chunks), _queued))) => {
                 let bytes: usize = chunks.iter().map(|c| c.len()).sum();
                 let write =
                     crate::socket_write::write_coalesced(&mut writer, chunks.iter().map(|c| c.bytes()), COALESCE_BYTES);
@@ -411,14 +527,18 @@ async fn write_answers(
                     }
                 }
             }
-            Some(Some(Outcome::Silent)) => {}
-            Some(Some(Outcome::Close(why))) => {
+            Some(Some((Outcome::Silent, _))) => {}
+            Some(Some((Outcome::Close(why), _))) => {
                 warn_limited!(peer = %peer, reason = %why, "closing connection");
                 break;
             }
             // The handler task was cancelled or panicked: nothing sensible can follow.
             Some(None) => break,
         }
+        // Done with this answer (written or silent): the next request's answer is the one the
+        // writer waits for, and a Fetch there may start whatever is queued behind it.
+        state.answers_done.set(state.answers_done.get() + 1);
+        state.answer_room.notify(usize::MAX);
     }
     state.abort();
     // Queued answers go now (a handler still running drops its answer when it finishes).
