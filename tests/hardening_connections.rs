@@ -357,7 +357,7 @@ fn answers_queued_for_a_client_that_stopped_reading_are_bounded() {
     for _ in 0..GREEDY_FETCHES {
         pipelined.extend_from_slice(&greedy.frame(&fetch_request(&topic, max_bytes), FETCH_VERSION));
     }
-    greedy.stream.write_all(&pipelined).expect("pipeline fetches");
+    greedy.stream().write_all(&pipelined).expect("pipeline fetches");
     wait_until("the first greedy fetch to be answered", RAW_IO_TIMEOUT, || handled() > handled_before);
     // Its writer is stuck on the first 20 MiB answer: no further Fetch of it may run meanwhile.
     let watch = Instant::now();
