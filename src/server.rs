@@ -21,7 +21,7 @@ use crate::cluster::{BasicNode, ControlPlane, ControlPlaneConfig};
 use crate::config::BrokerConfig;
 use crate::core::{Envelope, ReplyEnvelope, Shard};
 use crate::groups::offsets_log::OFFSETS_TOPIC;
-use crate::topics::{self, TopicTable};
+use crate::topics::{self, Catalog};
 
 /// How often each core looks at the signal flag.
 const SIGNAL_POLL_MS: u64 = 50;
@@ -85,15 +85,15 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let clustered = control.is_some();
     let offsets_partitions = config.offsets_topic_partitions;
-    let table: TopicTable = LocalExecutorBuilder::new(Placement::Unbound)
+    let table: Catalog = LocalExecutorBuilder::new(Placement::Unbound)
         .name("sluice-startup")
         .io_memory(1 << 20)
         .spawn(move || async move {
             if clustered {
-                return anyhow::Ok(TopicTable::default());
+                return anyhow::Ok(Catalog::default());
             }
             let mut table = topics::load(&data_dir).await?;
-            if table.rebalance_missing_shards(cores) {
+            if table.rebalance_missing_cores(cores) {
                 warn!(cores, "core count changed: partitions of missing cores were reassigned");
             }
             // Committed offsets: fsync'ed per batch, compacted (the latest commit per group and
@@ -113,10 +113,10 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
                 }
             }
             if !table.topics.contains_key(OFFSETS_TOPIC) {
-                let shards = table.assign(offsets_partitions, cores);
+                let partition_cores = table.assign(offsets_partitions, cores);
                 let configs = offsets_configs;
                 let id = *uuid::Uuid::new_v4().as_bytes();
-                let meta = topics::TopicMeta { name: OFFSETS_TOPIC.into(), id, shards, configs };
+                let meta = topics::TopicMeta { name: OFFSETS_TOPIC.into(), id, partition_cores, configs };
                 table.topics.insert(OFFSETS_TOPIC.into(), Arc::new(meta));
             }
             topics::save(&data_dir, &table).await?;
@@ -133,7 +133,7 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
                 applied_index: cp.metrics().last_applied.map_or(0, |l| l.index),
                 state: cp.state(),
             };
-            TopicTable::from_cluster(view, cores, 0)
+            Catalog::from_cluster(view, cores, 0)
         }
         None => table,
     };
@@ -203,7 +203,7 @@ async fn core_main(
     id: usize,
     cores: usize,
     config: Arc<BrokerConfig>,
-    table: Arc<TopicTable>,
+    table: Arc<Catalog>,
     (requests, replies): (
         MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>,
         MeshBuilder<ReplyEnvelope, glommio::channels::channel_mesh::Full>,

@@ -4,7 +4,7 @@
 use tracing::{debug, info};
 
 use crate::config::BrokerConfig;
-use crate::topics::TopicTable;
+use crate::topics::Catalog;
 
 /// Partitions named per core in the info line before the list is left to debug level.
 const MAX_PARTITIONS_LISTED: usize = 16;
@@ -17,10 +17,10 @@ pub fn log_config(config: &BrokerConfig) {
 }
 
 /// One line per core: how many partitions it owns and which.
-pub fn log_layout(table: &TopicTable, cores: usize) {
+pub fn log_layout(table: &Catalog, cores: usize) {
     let mut owned: Vec<Vec<String>> = vec![Vec::new(); cores];
     for meta in table.topics.values() {
-        for (p, &core) in meta.shards.iter().enumerate() {
+        for (p, &core) in meta.partition_cores.iter().enumerate() {
             if let Some(list) = owned.get_mut(core as usize) {
                 list.push(format!("{}-{p}", meta.name));
             }

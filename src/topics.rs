@@ -1,6 +1,10 @@
 //! The topic catalog: names, topic ids, partition→core assignment and per-topic configs, plus the
 //! producer-id counter. Changed only on core 0 (the catalog owner), persisted as an rkyv archive in a
 //! framed, checksummed file (atomic replace), and broadcast to every core as an immutable snapshot.
+//!
+//! One thing, one name: [`Catalog`] is the snapshot every core holds; [`CatalogFile`] is what a
+//! single node persists of it; in a cluster a catalog is built from the Raft state
+//! (`cluster::ClusterState`, carried in the catalog as [`ClusterView`] with this broker's id).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,14 +39,14 @@ pub struct TopicMeta {
     /// Topic id (UUID bytes) for Metadata v10+ and Fetch v13+.
     pub id: [u8; 16],
     /// Owning core of each partition, by partition index.
-    pub shards: Vec<u32>,
+    pub partition_cores: Vec<u32>,
     /// Topic-level config overrides (Kafka names).
     pub configs: Vec<(String, String)>,
 }
 
 /// Everything persisted in the catalog file.
 #[derive(Debug, Clone, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct Catalog {
+pub struct CatalogFile {
     pub cluster_id: String,
     pub topics: Vec<TopicMeta>,
     /// Next producer id InitProducerId hands out (ids are never reused).
@@ -77,9 +81,9 @@ pub fn core_for(topic_id: &[u8; 16], partition: usize, cores: usize) -> u32 {
     ((seed % cores + partition) % cores) as u32
 }
 
-/// An immutable snapshot of the catalog as every core sees it.
+/// The catalog: an immutable snapshot as every core sees it.
 #[derive(Debug, Clone, Default)]
-pub struct TopicTable {
+pub struct Catalog {
     /// Increases with every published change (in this process): a core never goes back to an
     /// older table, whatever order the broadcasts are applied in.
     pub version: u64,
@@ -90,7 +94,7 @@ pub struct TopicTable {
     pub cluster: Option<Arc<ClusterView>>,
 }
 
-impl TopicTable {
+impl Catalog {
     /// The table of a cluster broker with `cores` cores, from the cluster metadata.
     pub fn from_cluster(view: ClusterView, cores: usize, version: u64) -> Self {
         let topics = view
@@ -101,13 +105,13 @@ impl TopicTable {
                 let meta = TopicMeta {
                     name: name.clone(),
                     id: t.id,
-                    shards: (0..t.partitions.len()).map(|p| core_for(&t.id, p, cores)).collect(),
+                    partition_cores: (0..t.partitions.len()).map(|p| core_for(&t.id, p, cores)).collect(),
                     configs: t.configs.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                 };
                 (name.clone(), Arc::new(meta))
             })
             .collect();
-        TopicTable {
+        Catalog {
             version,
             cluster_id: view.state.cluster_id.clone(),
             topics,
@@ -124,8 +128,8 @@ impl TopicTable {
         }
     }
 
-    pub fn from_catalog(c: Catalog) -> Self {
-        TopicTable {
+    pub fn from_file(c: CatalogFile) -> Self {
+        Catalog {
             version: 0,
             cluster_id: c.cluster_id,
             next_producer_id: c.next_producer_id,
@@ -134,8 +138,8 @@ impl TopicTable {
         }
     }
 
-    pub fn to_catalog(&self) -> Catalog {
-        Catalog {
+    pub fn to_file(&self) -> CatalogFile {
+        CatalogFile {
             cluster_id: self.cluster_id.clone(),
             next_producer_id: self.next_producer_id,
             topics: self.topics.values().map(|t| (**t).clone()).collect(),
@@ -147,10 +151,10 @@ impl TopicTable {
     }
 
     /// Partitions owned by each core.
-    fn load_per_shard(&self, shards: usize) -> Vec<usize> {
-        let mut load = vec![0usize; shards];
+    fn load_per_core(&self, cores: usize) -> Vec<usize> {
+        let mut load = vec![0usize; cores];
         for t in self.topics.values() {
-            for &s in &t.shards {
+            for &s in &t.partition_cores {
                 if let Some(l) = load.get_mut(s as usize) {
                     *l += 1;
                 }
@@ -160,8 +164,8 @@ impl TopicTable {
     }
 
     /// Picks owners for `count` new partitions: each to the least-loaded core.
-    pub fn assign(&self, count: u32, shards: usize) -> Vec<u32> {
-        let mut load = self.load_per_shard(shards);
+    pub fn assign(&self, count: u32, cores: usize) -> Vec<u32> {
+        let mut load = self.load_per_core(cores);
         (0..count)
             .map(|_| {
                 let (i, _) = load.iter().enumerate().min_by_key(|(i, l)| (**l, *i)).expect("at least one core");
@@ -173,21 +177,21 @@ impl TopicTable {
 
     /// Reassigns partitions whose core no longer exists (the broker restarted with fewer cores).
     /// Returns true when anything moved.
-    pub fn rebalance_missing_shards(&mut self, shards: usize) -> bool {
+    pub fn rebalance_missing_cores(&mut self, cores: usize) -> bool {
         let mut moved = false;
         let names: Vec<String> = self.topics.keys().cloned().collect();
         for name in names {
             let orphans: Vec<usize> = self.topics[&name]
-                .shards
+                .partition_cores
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| **s as usize >= shards)
+                .filter(|(_, s)| **s as usize >= cores)
                 .map(|(i, _)| i)
                 .collect();
             for p in orphans {
-                let owner = self.assign(1, shards)[0];
+                let owner = self.assign(1, cores)[0];
                 let t = Arc::make_mut(self.topics.get_mut(&name).expect("topic"));
-                t.shards[p] = owner;
+                t.partition_cores[p] = owner;
                 moved = true;
             }
         }
@@ -222,7 +226,7 @@ pub fn partition_dir(data_dir: &Path, topic: &str, partition: i32) -> PathBuf {
 }
 
 /// Loads the catalog, or a fresh one with a new cluster id.
-pub async fn load(data_dir: &Path) -> anyhow::Result<TopicTable> {
+pub async fn load(data_dir: &Path) -> anyhow::Result<Catalog> {
     let dir = meta_dir(data_dir);
     std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
     let path = dir.join(CATALOG_FILE);
@@ -230,13 +234,13 @@ pub async fn load(data_dir: &Path) -> anyhow::Result<TopicTable> {
         Ok(Some(bytes)) => {
             let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
             aligned.extend_from_slice(&bytes);
-            let c = rkyv::from_bytes::<Catalog, rkyv::rancor::Error>(&aligned)
+            let c = rkyv::from_bytes::<CatalogFile, rkyv::rancor::Error>(&aligned)
                 .map_err(|e| anyhow::anyhow!("{}: undecodable catalog: {e}", path.display()))?;
-            Ok(TopicTable::from_catalog(c))
+            Ok(Catalog::from_file(c))
         }
         Ok(None) => {
             let id = uuid::Uuid::new_v4();
-            Ok(TopicTable { cluster_id: base64_url(id.as_bytes()), next_producer_id: 1000, ..TopicTable::default() })
+            Ok(Catalog { cluster_id: base64_url(id.as_bytes()), next_producer_id: 1000, ..Catalog::default() })
         }
         Err(FramedReadError::Io(e)) => Err(e.into()),
         Err(FramedReadError::Invalid(reason)) => Err(anyhow::anyhow!("{}: corrupt catalog: {reason}", path.display())),
@@ -244,9 +248,9 @@ pub async fn load(data_dir: &Path) -> anyhow::Result<TopicTable> {
 }
 
 /// Persists the catalog atomically.
-pub async fn save(data_dir: &Path, table: &TopicTable) -> Result<(), sluice_io::Error> {
+pub async fn save(data_dir: &Path, table: &Catalog) -> Result<(), sluice_io::Error> {
     let path = meta_dir(data_dir).join(CATALOG_FILE);
-    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&table.to_catalog()).map_err(|e| {
+    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&table.to_file()).map_err(|e| {
         sluice_io::Error::CorruptCheckpoint { path: path.clone(), reason: format!("encoding catalog: {e}") }
     })?;
     framed_file::write_atomic(&path, MAGIC, VERSION, &bytes).await
@@ -278,13 +282,16 @@ mod tests {
 
     #[test]
     fn assignment_balances_and_rebalances() {
-        let mut t = TopicTable::default();
-        let shards = t.assign(5, 2);
-        assert_eq!(shards, vec![0, 1, 0, 1, 0]);
-        t.topics.insert("a".into(), Arc::new(TopicMeta { name: "a".into(), id: [1; 16], shards, configs: vec![] }));
+        let mut t = Catalog::default();
+        let cores = t.assign(5, 2);
+        assert_eq!(cores, vec![0, 1, 0, 1, 0]);
+        t.topics.insert(
+            "a".into(),
+            Arc::new(TopicMeta { name: "a".into(), id: [1; 16], partition_cores: cores, configs: vec![] }),
+        );
         assert_eq!(t.assign(1, 2), vec![1]);
-        assert!(t.rebalance_missing_shards(1));
-        assert!(t.topics["a"].shards.iter().all(|s| *s == 0));
+        assert!(t.rebalance_missing_cores(1));
+        assert!(t.topics["a"].partition_cores.iter().all(|s| *s == 0));
     }
 
     #[test]

@@ -36,7 +36,7 @@ use super::types::{ClusterCommand, CommandResult, NodeId, TypeConfig};
 
 /// When each peer last answered one of this node's AppendEntries (heartbeats included): the
 /// controller's view of which brokers are alive.
-pub type PeerAcks = Arc<std::sync::Mutex<std::collections::BTreeMap<NodeId, std::time::Instant>>>;
+pub type PeerHeartbeats = Arc<std::sync::Mutex<std::collections::BTreeMap<NodeId, std::time::Instant>>>;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"SLRF");
 const HEADER_BYTES: usize = 16;
@@ -182,7 +182,7 @@ async fn serve_connection(mut stream: TcpStream, raft: &Raft<TypeConfig>) -> Res
 
 /// Makes [`PeerClient`]s for openraft.
 pub struct PeerClients {
-    pub acks: PeerAcks,
+    pub heartbeats: PeerHeartbeats,
     /// This node's own address book (its configuration): the membership records the addresses the
     /// initializing node was given, which need not be how this node reaches its peers.
     pub addrs: std::collections::BTreeMap<NodeId, String>,
@@ -193,7 +193,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerClients {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         let addr = self.addrs.get(&target).cloned().unwrap_or_else(|| node.addr.clone());
-        PeerClient { target, addr, conn: None, acks: self.acks.clone() }
+        PeerClient { target, addr, conn: None, heartbeats: self.heartbeats.clone() }
     }
 }
 
@@ -204,7 +204,7 @@ pub async fn forward_write(addr: &str, cmd: &ClusterCommand, ttl: Duration) -> R
         target: 0,
         addr: addr.to_owned(),
         conn: None,
-        acks: Arc::new(std::sync::Mutex::new(Default::default())),
+        heartbeats: Arc::new(std::sync::Mutex::new(Default::default())),
     };
     client.exchange(RpcKind::ClientWrite, cmd, ttl).await
 }
@@ -214,7 +214,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     conn: Option<TcpStream>,
-    acks: PeerAcks,
+    heartbeats: PeerHeartbeats,
 }
 
 type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
@@ -284,8 +284,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
         let r = self.call(RpcKind::AppendEntries, &rpc, &option).await;
         if r.is_ok() {
-            let mut acks = self.acks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            acks.insert(self.target, std::time::Instant::now());
+            let mut replies = self.heartbeats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            replies.insert(self.target, std::time::Instant::now());
         }
         r
     }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use super::disk::DiskError;
 use super::log_store::LogStore;
 use super::metadata::ClusterState;
-use super::network::{self, PeerAcks, PeerClients};
+use super::network::{self, PeerClients, PeerHeartbeats};
 use super::state_machine::StateMachineStore;
 use super::types::{ClusterCommand, CommandResult, NodeId, TypeConfig};
 
@@ -132,7 +132,7 @@ pub struct ControlPlane {
     max_pending_requests: usize,
     metrics: watch::Receiver<Metrics>,
     state_machine: StateMachineStore,
-    peer_acks: PeerAcks,
+    peer_heartbeats: PeerHeartbeats,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -160,8 +160,8 @@ impl ControlPlane {
         let (started_tx, started_rx) = std::sync::mpsc::sync_channel(1);
         let node_id = config.node_id;
         let sm = state_machine.clone();
-        let peer_acks: PeerAcks = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
-        let network = PeerClients { acks: peer_acks.clone(), addrs: config.peer_addrs.clone() };
+        let peer_heartbeats: PeerHeartbeats = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let network = PeerClients { heartbeats: peer_heartbeats.clone(), addrs: config.peer_addrs.clone() };
         let addrs = Arc::new(config.peer_addrs.clone());
         let thread = std::thread::Builder::new()
             .name(format!("raft-{node_id}"))
@@ -208,7 +208,7 @@ impl ControlPlane {
             max_pending_requests: config.max_pending_requests,
             metrics,
             state_machine,
-            peer_acks,
+            peer_heartbeats,
             thread: Some(thread),
         })
     }
@@ -256,8 +256,8 @@ impl ControlPlane {
     }
 
     /// When each peer last acknowledged this node's AppendEntries (meaningful while it leads).
-    pub fn peer_acks(&self) -> BTreeMap<NodeId, std::time::Instant> {
-        self.peer_acks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    pub fn peer_heartbeats(&self) -> BTreeMap<NodeId, std::time::Instant> {
+        self.peer_heartbeats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Answers with the metrics once `until` holds for them, or `Timeout` after `timeout`.

@@ -10,7 +10,7 @@ use tracing::{debug, error, info, warn};
 use super::Shard;
 use crate::config::TopicSettings;
 use crate::partition::{Partition, PartitionError, Role};
-use crate::topics::{self, ClusterView, TopicMeta, TopicTable, CONSUMER_OFFSETS_TOPIC};
+use crate::topics::{self, Catalog, ClusterView, TopicMeta, CONSUMER_OFFSETS_TOPIC};
 
 /// A partition the catalog assigns to a core that the core could not open.
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ impl Shard {
     /// assigned to this core and closes/deletes removed ones. Serialised per core. Returns the
     /// partitions it could not open (each also logged): a partition whose files do not fit in the
     /// descriptor budget is left closed, so that the listeners keep descriptors to accept with.
-    pub async fn apply_catalog(&self, table: Arc<TopicTable>) -> Vec<OpenFailure> {
+    pub async fn apply_catalog(&self, table: Arc<Catalog>) -> Vec<OpenFailure> {
         let _permit = self.apply_lock.acquire_permit(1).await;
         if table.version < self.catalog.borrow().version {
             return Vec::new();
@@ -37,7 +37,7 @@ impl Shard {
         let data_dir = self.config.data_dir.clone();
         let mut wanted: Vec<(Arc<TopicMeta>, i32)> = Vec::new();
         for t in table.topics.values() {
-            for (p, s) in t.shards.iter().enumerate() {
+            for (p, s) in t.partition_cores.iter().enumerate() {
                 if *s as usize == self.id && table.hosts(&t.name, p as i32) {
                     wanted.push((t.clone(), p as i32));
                 }
@@ -176,7 +176,7 @@ impl Shard {
 
     /// Persists `table` (single node; a cluster's metadata lives in Raft) and makes every core
     /// apply it; returns once all have, with the partitions they could not open.
-    pub(crate) async fn publish(self: &Rc<Self>, mut table: TopicTable) -> Result<Vec<OpenFailure>, PartitionError> {
+    pub(crate) async fn publish(self: &Rc<Self>, mut table: Catalog) -> Result<Vec<OpenFailure>, PartitionError> {
         table.version = self.catalog.borrow().version + 1;
         if table.cluster.is_none() {
             topics::save(&self.config.data_dir, &table).await?;

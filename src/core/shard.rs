@@ -18,7 +18,7 @@ use super::services::Services;
 use super::OpenFailure;
 use crate::config::BrokerConfig;
 use crate::partition::{Partition, PartitionError};
-use crate::topics::TopicTable;
+use crate::topics::Catalog;
 
 /// The catalog owner: core 0. Topic administration runs there and is broadcast to every core.
 pub const CATALOG_CORE: usize = 0;
@@ -27,7 +27,7 @@ pub struct Shard {
     pub id: usize,
     pub cores: usize,
     pub config: Arc<BrokerConfig>,
-    pub(super) catalog: RefCell<Arc<TopicTable>>,
+    pub(super) catalog: RefCell<Arc<Catalog>>,
     pub(super) partitions: RefCell<HashMap<(String, i32), Rc<Partition>>>,
     pub(super) mesh: Mesh,
     /// Serialises applying catalog snapshots on this core.
@@ -57,7 +57,7 @@ impl Shard {
         id: usize,
         cores: usize,
         config: Arc<BrokerConfig>,
-        catalog: Arc<TopicTable>,
+        catalog: Arc<Catalog>,
         requests: Senders<Envelope>,
         replies: Senders<ReplyEnvelope>,
         metrics: Arc<crate::metrics::CoreMetrics>,
@@ -115,7 +115,7 @@ impl Shard {
         self.shutdown.notify(usize::MAX);
     }
 
-    pub fn catalog(&self) -> Arc<TopicTable> {
+    pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.borrow().clone()
     }
 
@@ -125,7 +125,7 @@ impl Shard {
         let t = cat.topics.get(topic).ok_or_else(|| {
             PartitionError::new(ResponseError::UnknownTopicOrPartition, format!("unknown topic {topic}"))
         })?;
-        usize::try_from(partition).ok().and_then(|p| t.shards.get(p)).map(|s| *s as usize).ok_or_else(|| {
+        usize::try_from(partition).ok().and_then(|p| t.partition_cores.get(p)).map(|s| *s as usize).ok_or_else(|| {
             PartitionError::new(ResponseError::UnknownTopicOrPartition, format!("{topic} has no partition {partition}"))
         })
     }

@@ -52,7 +52,7 @@ pub fn install(shard: &Rc<Shard>) {
 
 /// Partitions of `__consumer_offsets` (0 before it exists).
 pub fn offsets_partitions(shard: &Shard) -> usize {
-    shard.catalog().topics.get(OFFSETS_TOPIC).map_or(0, |t| t.shards.len())
+    shard.catalog().topics.get(OFFSETS_TOPIC).map_or(0, |t| t.partition_cores.len())
 }
 
 /// The core coordinating `group`: the owner of its `__consumer_offsets` partition.

@@ -159,7 +159,8 @@ pub async fn offset_commit(shard: &Rc<Shard>, req: OffsetCommitRequest, _version
         let mut parts = Vec::new();
         for p in &t.partitions {
             let metadata = p.committed_metadata.as_ref().map(|m| m.to_string()).unwrap_or_default();
-            let exists = meta.is_some_and(|m| p.partition_index >= 0 && (p.partition_index as usize) < m.shards.len());
+            let exists =
+                meta.is_some_and(|m| p.partition_index >= 0 && (p.partition_index as usize) < m.partition_cores.len());
             let code = if !exists {
                 Some(ResponseError::UnknownTopicOrPartition)
             } else if metadata.len() > MAX_OFFSET_METADATA_BYTES {

@@ -148,7 +148,7 @@ fn registered_brokers(view: &ClusterView) -> (Vec<MetadataResponseBroker>, Broke
 
 fn topic_entry(t: &TopicMeta, node: BrokerId, view: Option<&ClusterView>) -> MetadataResponseTopic {
     let ids = |v: &[i32]| v.iter().map(|b| BrokerId(*b)).collect::<Vec<_>>();
-    let partitions = (0..t.shards.len() as i32)
+    let partitions = (0..t.partition_cores.len() as i32)
         .map(|p| {
             let entry = MetadataResponsePartition::default().with_partition_index(p);
             match view.and_then(|v| v.partition(&t.name, p)) {

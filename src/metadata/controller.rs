@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::cluster::{BrokerEndpoints, BrokerId, ClusterCommand, ControlPlane, ControlPlaneError, Rejection};
 use crate::core::Shard;
 use crate::groups::offsets_log::OFFSETS_TOPIC;
-use crate::topics::{self, ClusterView, TopicTable};
+use crate::topics::{self, Catalog, ClusterView};
 
 /// How long a proposal may take (leader elections included) before the request fails.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -117,7 +117,7 @@ pub async fn sync(shard: &Rc<Shard>, cp: &ControlPlane) {
     }
     // The state may be a little ahead of `applied_index` (read after): never behind it.
     let view = ClusterView { node_id: shard.config.node_id, controller, applied_index, state: cp.state() };
-    let table = TopicTable::from_cluster(view, shard.cores, 0);
+    let table = Catalog::from_cluster(view, shard.cores, 0);
     if let Err(e) = shard.publish(table).await {
         warn!(error = %e.message, "publishing cluster metadata");
     }
@@ -170,9 +170,9 @@ async fn controller_loop(shard: Rc<Shard>, cp: Arc<ControlPlane>) {
         if since.elapsed() < session {
             continue;
         }
-        let acks = cp.peer_acks();
+        let replied = cp.peer_heartbeats();
         let me = shard.config.node_id;
-        let alive = |b: BrokerId| b == me || acks.get(&(b as u64)).is_some_and(|t| t.elapsed() < session);
+        let alive = |b: BrokerId| b == me || replied.get(&(b as u64)).is_some_and(|t| t.elapsed() < session);
         let mut changes = Vec::new();
         for (name, t) in &state.topics {
             for (i, p) in t.partitions.iter().enumerate() {

@@ -83,7 +83,7 @@ impl CatalogStore for FileStore<'_> {
     fn topic(&self, name: &str) -> Option<StoredTopic> {
         self.shard.catalog().topics.get(name).map(|t| StoredTopic {
             id: t.id,
-            partitions: t.shards.len() as i32,
+            partitions: t.partition_cores.len() as i32,
             replication_factor: 1,
             configs: t.configs.iter().cloned().collect(),
         })
@@ -102,7 +102,7 @@ impl CatalogStore for FileStore<'_> {
     }
 
     fn total_partitions(&self) -> usize {
-        self.shard.catalog().topics.values().map(|t| t.shards.len()).sum()
+        self.shard.catalog().topics.values().map(|t| t.partition_cores.len()).sum()
     }
 
     fn can_remove_partitions(&self) -> bool {
@@ -115,9 +115,9 @@ impl CatalogStore for FileStore<'_> {
         match change {
             CatalogChange::CreateTopic { name, id, configs, assignment } => {
                 debug_assert!(!table.topics.contains_key(&name), "admin checked that {name} is new");
-                let shards = table.assign(assignment.len() as u32, shard.cores);
+                let partition_cores = table.assign(assignment.len() as u32, shard.cores);
                 let configs = configs.into_iter().collect();
-                table.topics.insert(name.clone(), Arc::new(TopicMeta { name, id, shards, configs }));
+                table.topics.insert(name.clone(), Arc::new(TopicMeta { name, id, partition_cores, configs }));
             }
             CatalogChange::DeleteTopic { name } => {
                 table.topics.remove(&name);
@@ -126,14 +126,17 @@ impl CatalogStore for FileStore<'_> {
                 let extra = table.assign(assignment.len() as u32, shard.cores);
                 let meta = existing(&table, &name)?;
                 let mut grown = (*meta).clone();
-                grown.shards.extend(extra);
+                grown.partition_cores.extend(extra);
                 table.topics.insert(name, Arc::new(grown));
             }
             CatalogChange::RemovePartitions { name, partitions } => {
                 let meta = existing(&table, &name)?;
                 let mut shrunk = (*meta).clone();
-                assert!(partitions >= 1 && partitions as usize <= shrunk.shards.len(), "partitions only go back");
-                shrunk.shards.truncate(partitions as usize);
+                assert!(
+                    partitions >= 1 && partitions as usize <= shrunk.partition_cores.len(),
+                    "partitions only go back"
+                );
+                shrunk.partition_cores.truncate(partitions as usize);
                 table.topics.insert(name, Arc::new(shrunk));
             }
             CatalogChange::SetConfigs { name, configs } => {
@@ -156,7 +159,7 @@ impl CatalogStore for FileStore<'_> {
     }
 }
 
-fn existing(table: &topics::TopicTable, name: &str) -> Result<Arc<TopicMeta>, StoreError> {
+fn existing(table: &topics::Catalog, name: &str) -> Result<Arc<TopicMeta>, StoreError> {
     table
         .topics
         .get(name)

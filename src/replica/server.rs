@@ -284,7 +284,8 @@ async fn collect(shard: &Rc<Shard>, fetch: &ReplicaFetch) -> Vec<(FetchedPartiti
     let mut out = Vec::with_capacity(fetch.partitions.len());
     let mut remote: std::collections::BTreeMap<usize, Vec<FetchPartition>> = Default::default();
     for p in &fetch.partitions {
-        let owner = shard.catalog().by_id(&p.topic_id).and_then(|t| t.shards.get(p.partition as usize).copied());
+        let owner =
+            shard.catalog().by_id(&p.topic_id).and_then(|t| t.partition_cores.get(p.partition as usize).copied());
         match owner {
             Some(core) if core as usize != shard.id => remote.entry(core as usize).or_default().push(*p),
             _ => {
