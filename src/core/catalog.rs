@@ -2,6 +2,7 @@
 //! here and closing removed ones (within the descriptor budget), taking the roles a cluster's
 //! metadata gives, and publishing a changed catalog to every core.
 
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -30,10 +31,12 @@ impl Shard {
     /// descriptor budget is left closed, so that the listeners keep descriptors to accept with.
     pub async fn apply_catalog(&self, table: Arc<Catalog>) -> Vec<OpenFailure> {
         let _permit = self.apply_lock.acquire_permit(1).await;
-        if table.version < self.catalog.borrow().version {
+        let previous = self.catalog.borrow().version;
+        if table.version < previous {
             return Vec::new();
         }
         *self.catalog.borrow_mut() = table.clone();
+        debug_assert!(self.catalog.borrow().version >= previous, "a core never goes back to an older catalog");
         let data_dir = self.config.data_dir.clone();
         let mut wanted: Vec<(Arc<TopicMeta>, i32)> = Vec::new();
         for t in table.topics.values() {
@@ -45,10 +48,9 @@ impl Shard {
         }
         // Committed offsets first: if descriptors run short, groups keep working.
         wanted.sort_by_key(|(t, _)| t.name != CONSUMER_OFFSETS_TOPIC);
-        let removed: Vec<(String, i32)> = {
-            let parts = self.partitions.borrow();
-            parts.keys().filter(|(t, p)| !wanted.iter().any(|(w, wp)| &w.name == t && wp == p)).cloned().collect()
-        };
+        let wanted_keys: HashSet<(String, i32)> = wanted.iter().map(|(t, p)| (t.name.clone(), *p)).collect();
+        let removed: Vec<(String, i32)> =
+            self.partitions.borrow().keys().filter(|k| !wanted_keys.contains(*k)).cloned().collect();
         for key in removed {
             let part = self.partitions.borrow_mut().remove(&key);
             if let Some(part) = part {
@@ -128,6 +130,17 @@ impl Shard {
                 "partitions left closed: not enough file descriptors"
             );
         }
+        // Post-conditions: this core holds exactly the wanted partitions it could open.
+        debug_assert!(
+            self.partitions.borrow().keys().all(|k| wanted_keys.contains(k)),
+            "no partition the catalog took away stays open"
+        );
+        debug_assert!(
+            self.shutting_down.get()
+                || wanted_keys.iter().all(|k| self.partitions.borrow().contains_key(k)
+                    || failures.iter().any(|f| f.topic == k.0 && f.partition == k.1)),
+            "every partition assigned here is open or reported as not opened"
+        );
         if let Some(view) = &table.cluster {
             self.apply_roles(view).await;
         }
