@@ -1,6 +1,6 @@
 //! The messages of the replication protocol. Each is the rkyv-archived metadata of one frame; the
 //! stored batch bytes of a fetch response travel beside it in the frame's raw section, referred to
-//! by [`RawRange`]s (see `wire.rs` for the frame). Partition error codes use Kafka's numbering
+//! by [`RawRange`]s (see `wire/` for the frame). Partition error codes use Kafka's numbering
 //! (`kafka_protocol::error::ResponseError`), so the broker maps them to client answers unchanged.
 
 use kafka_protocol::error::{ParseResponseErrorCode, ResponseError};
