@@ -3,6 +3,7 @@
 //! (a 64 MiB topic read from offset 0). The client is a lean pipelined Kafka client on
 //! kafka-protocol (4 connections, 8 requests in flight each) running on the same 2-vCPU machine, so
 //! it competes with the broker for CPU: read the figures as this machine's, not the broker's ceiling.
+//! `SLUICE_BENCH_BINARY=path` runs the same client against another broker build (before/after).
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -41,7 +42,9 @@ impl Broker {
         let dir = tempfile::tempdir_in(&root).expect("temp dir");
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
         let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        // SLUICE_BENCH_BINARY: another build of the broker (a before/after comparison, same client).
+        let binary = std::env::var_os("SLUICE_BENCH_BINARY").unwrap_or_else(|| env!("CARGO_BIN_EXE_sluice").into());
+        let child = Command::new(binary)
             .args(["serve", "--cores", &cores.to_string(), "--listen", &addr, "--data-dir"])
             .arg(dir.path().join("data"))
             .env("SLUICE_LOG", "warn")

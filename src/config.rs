@@ -15,6 +15,11 @@ pub const DEFAULT_MAX_QUEUED_ANSWER_BYTES_PER_CONNECTION: usize = 64 << 20;
 /// Smallest `shutdown_timeout_ms` accepted: below it every shutdown would end by the deadline.
 pub const MIN_SHUTDOWN_TIMEOUT_MS: u64 = 100;
 
+/// Descriptors a partition holds open for as long as it is open: its directory lock and its
+/// active segment's file. Sealed segments' files are opened through the per-core cache of the
+/// storage engine, budgeted once per core (`max_open_segment_files_per_core`), not per partition.
+pub const DESCRIPTORS_HELD_PER_PARTITION: u64 = 2;
+
 /// Settings of one broker process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -334,7 +339,7 @@ impl Default for BrokerConfig {
             protected_topics: vec![crate::topics::CONSUMER_OFFSETS_TOPIC.to_string()],
             max_partitions_per_request: 10_000,
             max_partitions_per_core: 1000,
-            descriptors_per_partition: crate::topic_limits::DESCRIPTORS_HELD_PER_PARTITION,
+            descriptors_per_partition: DESCRIPTORS_HELD_PER_PARTITION,
             max_open_segment_files_per_core: sluice_io::DEFAULT_MAX_OPEN_SEGMENT_FILES,
             segment_file_idle_close_ms: sluice_io::DEFAULT_SEGMENT_FILE_IDLE_CLOSE_MS,
             reserved_descriptors: 1024,
@@ -420,9 +425,9 @@ impl BrokerConfig {
             self.offsets_topic_partitions
         );
         anyhow::ensure!(
-            self.descriptors_per_partition >= crate::topic_limits::DESCRIPTORS_HELD_PER_PARTITION,
+            self.descriptors_per_partition >= DESCRIPTORS_HELD_PER_PARTITION,
             "descriptors_per_partition must be >= {} (lock and active segment)",
-            crate::topic_limits::DESCRIPTORS_HELD_PER_PARTITION
+            DESCRIPTORS_HELD_PER_PARTITION
         );
         anyhow::ensure!(self.max_open_segment_files_per_core >= 1, "max_open_segment_files_per_core must be >= 1");
         anyhow::ensure!(self.segment_file_idle_close_ms >= 1, "segment_file_idle_close_ms must be >= 1");

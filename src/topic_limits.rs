@@ -17,10 +17,8 @@ use tracing::{info, warn};
 use crate::config::{BrokerConfig, TopicSettings};
 use crate::topics::{self, is_internal};
 
-/// Descriptors a partition holds open for as long as it is open: its directory lock and its
-/// active segment's file. Sealed segments' files are opened through the per-core cache of the
-/// storage engine, budgeted once per core (`max_open_segment_files_per_core`), not per partition.
-pub const DESCRIPTORS_HELD_PER_PARTITION: u64 = 2;
+/// Descriptors a partition holds open for as long as it is open (defined with the config it bounds).
+pub use crate::config::DESCRIPTORS_HELD_PER_PARTITION;
 /// Partition opens between two counts of `/proc/self/fd` (a count reads one entry per descriptor).
 const OPENS_BETWEEN_DESCRIPTOR_COUNTS: u32 = 32;
 
