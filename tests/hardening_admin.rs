@@ -323,6 +323,24 @@ fn a_creation_beyond_the_descriptor_limit_is_refused_and_the_broker_stays_health
     assert!(open_descriptors(pid) < NOFILE as usize, "within the limit");
 }
 
+/// Polls until the broker `child` answers ApiVersions on `addr` (Ok), exits, or does not within
+/// `READY_TIMEOUT` (Err says which).
+fn wait_listening(child: &mut Child, addr: std::net::SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Err(format!("exited: {status}"));
+        }
+        if common::wire::api_versions_v0_round_trip(addr, Duration::from_secs(2)).is_ok_and(|r| r.error_code == 0) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("not listening".to_string());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs `sluice serve` under `prlimit --nofile=LIMIT:LIMIT` (so the broker cannot raise it).
 fn spawn_limited(data_dir: &Path, port: u16, config: &Path, nofile: u32, log: &Path) -> Child {
     let out = fs::File::create(log).expect("create log");
@@ -367,19 +385,7 @@ fn a_restart_with_more_partitions_than_descriptors_still_listens() {
     let port = free_port();
     let mut child = spawn_limited(&data_dir, port, &config_path, 400, &log_path);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let ready = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break Err(format!("exited: {status}"));
-        }
-        if common::wire::api_versions_v0_round_trip(addr, Duration::from_secs(2)).is_ok_and(|r| r.error_code == 0) {
-            break Ok(());
-        }
-        if Instant::now() > deadline {
-            break Err("not listening".to_string());
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
+    let ready = wait_listening(&mut child, addr);
     let log = fs::read_to_string(&log_path).unwrap_or_default();
     let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
     if let Err(e) = ready {
@@ -582,19 +588,7 @@ fn a_partition_with_more_segments_than_descriptors_restarts_and_is_read_from_off
     let port = free_port();
     let mut child = spawn_limited(&data_dir, port, &config_path, NOFILE, &log_path);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let ready = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break Err(format!("exited: {status}"));
-        }
-        if common::wire::api_versions_v0_round_trip(addr, Duration::from_secs(2)).is_ok_and(|r| r.error_code == 0) {
-            break Ok(());
-        }
-        if Instant::now() > deadline {
-            break Err("not listening".to_string());
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
+    let ready = wait_listening(&mut child, addr);
     let log_tail = || {
         let log = fs::read_to_string(&log_path).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
