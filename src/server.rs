@@ -258,7 +258,7 @@ async fn core_main(
     // Signals arrive as a flag (set by the signal-hook thread): look at it periodically.
     let s = shard.clone();
     glommio::spawn_local(async move {
-        while !stop.load(Ordering::SeqCst) && !s.shutting_down.get() {
+        while !stop.load(Ordering::SeqCst) && !s.shutting_down() {
             glommio::timer::sleep(Duration::from_millis(SIGNAL_POLL_MS)).await;
         }
         s.begin_shutdown();

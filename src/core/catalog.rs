@@ -136,7 +136,7 @@ impl Shard {
             "no partition the catalog took away stays open"
         );
         debug_assert!(
-            self.shutting_down.get()
+            self.shutting_down()
                 || wanted_keys.iter().all(|k| self.partitions.borrow().contains_key(k)
                     || failures.iter().any(|f| f.topic == k.0 && f.partition == k.1)),
             "every partition assigned here is open or reported as not opened"

@@ -5,6 +5,7 @@
 //! Kafka handlers, groups, topic administration and replication call down into the core.
 
 pub mod catalog;
+pub mod latch;
 pub mod mesh;
 pub mod route;
 pub mod services;

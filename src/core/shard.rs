@@ -2,7 +2,7 @@
 //! cross-core mesh (`mesh`), the services modules above install on it (`services`), and shutdown.
 //! A partition is only ever touched by its owner; other cores reach it with `invoke_on`.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use glommio::sync::Semaphore;
 use kafka_protocol::error::ResponseError;
 use tracing::error;
 
+use super::latch::Latch;
 use super::mesh::{Envelope, Mesh, ReplyEnvelope};
 use super::services::Services;
 use super::OpenFailure;
@@ -34,8 +35,8 @@ pub struct Shard {
     pub(super) apply_lock: Semaphore,
     /// Serialises publishing cluster metadata (core 0, cluster mode).
     pub(crate) sync_lock: Semaphore,
-    pub shutdown: Event,
-    pub shutting_down: Cell<bool>,
+    /// Set once shutdown begins: the accept loop, idle connections and periodic jobs end.
+    pub shutdown: Latch,
     /// What the modules above the core installed here (the group coordinator, leadership hooks).
     pub services: Services,
     /// This core's metrics (read by the exporter thread).
@@ -75,8 +76,7 @@ impl Shard {
             mesh: Mesh::new(requests, replies),
             apply_lock: Semaphore::new(1),
             sync_lock: Semaphore::new(1),
-            shutdown: Event::new(),
-            shutting_down: Cell::new(false),
+            shutdown: Latch::default(),
             services: Services::default(),
             metrics,
             control,
@@ -86,33 +86,24 @@ impl Shard {
         })
     }
 
+    /// Whether shutdown has begun.
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.is_set()
+    }
+
     /// Resolves once shutdown has begun.
     pub async fn wait_shutdown(&self) {
-        loop {
-            if self.shutting_down.get() {
-                return;
-            }
-            let listener = self.shutdown.listen();
-            if self.shutting_down.get() {
-                return;
-            }
-            listener.await;
-        }
+        self.shutdown.wait().await
     }
 
     /// Runs `work` until it finishes (`Some` of its output) or shutdown begins (`None`).
     pub async fn unless_shutdown<T>(&self, work: impl std::future::Future<Output = T>) -> Option<T> {
-        futures_lite::future::or(async { Some(work.await) }, async {
-            self.wait_shutdown().await;
-            None
-        })
-        .await
+        self.shutdown.unless_set(work).await
     }
 
     /// Stops accepting work: the accept loop and idle connections end.
     pub fn begin_shutdown(&self) {
-        self.shutting_down.set(true);
-        self.shutdown.notify(usize::MAX);
+        self.shutdown.set();
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {

@@ -37,6 +37,7 @@ use glommio::task::JoinHandle;
 use tracing::debug;
 
 use super::{handle_frame, Outcome};
+use crate::core::latch::Latch;
 use crate::core::Shard;
 use crate::warn_limited;
 
@@ -106,8 +107,7 @@ struct ConnectionState {
     /// Handlers running plus waits for request memory: the connection is not idle meanwhile.
     busy: Cell<usize>,
     /// The connection is over: the writer ended or it was idle too long. Both sides stop.
-    aborted: Cell<bool>,
-    abort: Event,
+    aborted: Latch,
     /// Bytes of answers computed and not yet written (`max_queued_answer_bytes_per_connection`).
     queued_answer_bytes: Cell<usize>,
     /// The Fetch (by its number among the connection's Fetches) that may start next; a Fetch
@@ -125,8 +125,7 @@ impl ConnectionState {
         Rc::new(ConnectionState {
             last_activity: Cell::new(Instant::now()),
             busy: Cell::new(0),
-            aborted: Cell::new(false),
-            abort: Event::new(),
+            aborted: Latch::default(),
             queued_answer_bytes: Cell::new(0),
             next_fetch: Cell::new(0),
             answers_done: Cell::new(0),
@@ -165,30 +164,16 @@ impl ConnectionState {
     }
 
     fn abort(&self) {
-        self.aborted.set(true);
-        self.abort.notify(usize::MAX);
+        self.aborted.set();
     }
 
     async fn wait_abort(&self) {
-        loop {
-            if self.aborted.get() {
-                return;
-            }
-            let listener = self.abort.listen();
-            if self.aborted.get() {
-                return;
-            }
-            listener.await;
-        }
+        self.aborted.wait().await
     }
 
     /// `work`, unless the connection is aborted first (then None; `work` is dropped).
     async fn unless_aborted<T>(&self, work: impl Future<Output = T>) -> Option<T> {
-        futures_lite::future::or(async { Some(work.await) }, async {
-            self.wait_abort().await;
-            None
-        })
-        .await
+        self.aborted.unless_set(work).await
     }
 
     /// Marks the connection busy until the guard is dropped.

@@ -48,7 +48,7 @@ pub fn start_isr_watch(shard: &Rc<Shard>, cp: Arc<ControlPlane>) {
     let s = shard.clone();
     glommio::spawn_local(async move {
         let lag = s.config.replication.replica_lag_time_max_ms as i64;
-        while !s.shutting_down.get() {
+        while !s.shutting_down() {
             glommio::timer::sleep(ISR_TICK).await;
             let now = crate::clock::now_ms();
             for p in s.local_partitions() {
@@ -128,7 +128,7 @@ async fn register(shard: Rc<Shard>, cp: Arc<ControlPlane>) {
     let Some(peer) = shard.config.own_peer().cloned() else { return };
     let endpoints = BrokerEndpoints { kafka_addr: peer.kafka.clone(), replication_addr: peer.replication.clone() };
     let cmd = ClusterCommand::RegisterBroker { broker_id: shard.config.node_id, endpoints };
-    while !shard.shutting_down.get() {
+    while !shard.shutting_down() {
         match cp.propose(cmd.clone(), PROPOSE_TIMEOUT).await {
             Ok(Ok(w)) => {
                 info!(node_id = shard.config.node_id, log_index = w.log_index, "registered with the cluster");
@@ -146,7 +146,7 @@ async fn register(shard: Rc<Shard>, cp: Arc<ControlPlane>) {
 async fn controller_loop(shard: Rc<Shard>, cp: Arc<ControlPlane>) {
     let session = Duration::from_millis(shard.config.replication.broker_session_timeout_ms);
     let mut leading_since: Option<Instant> = None;
-    while !shard.shutting_down.get() {
+    while !shard.shutting_down() {
         glommio::timer::sleep(CONTROLLER_TICK).await;
         if !cp.is_leader() {
             leading_since = None;

@@ -32,7 +32,7 @@ pub fn start(shard: &Rc<Shard>) {
     let shard = shard.clone();
     glommio::spawn_local(async move {
         let running: Rc<RefCell<HashSet<i32>>> = Rc::new(RefCell::new(HashSet::new()));
-        while !shard.shutting_down.get() {
+        while !shard.shutting_down() {
             let listener = shard.followers_changed.listen();
             let leaders: HashSet<i32> =
                 shard.local_partitions().iter().filter_map(|p| p.following().map(|(leader, _)| leader)).collect();
@@ -117,7 +117,7 @@ async fn fetch_from(shard: &Rc<Shard>, leader: i32) {
     let wait = Duration::from_millis(shard.config.replication.replica_fetch_wait_max_ms);
     let max_bytes = shard.config.replication.replica_fetch_max_bytes;
     let mut conn: Option<Connection> = None;
-    while !shard.shutting_down.get() {
+    while !shard.shutting_down() {
         // Listen before planning: a change from here on cuts the coming fetch short.
         let changed = shard.followers_changed.listen();
         let parts = followed(shard, leader);
